@@ -1,0 +1,1 @@
+"""Whale orchestration core: config, stage DAG on Ray, caching, MLflow tracking, CLI."""

@@ -1,0 +1,1 @@
+"""Whale pipeline stages: one package per stage, each exposing STAGE (see pipeline.stage)."""

@@ -1,0 +1,1 @@
+"""Code shared by several stages (never a stage itself): sandbox, verifiers, training loop."""
