@@ -13,10 +13,14 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+# Our own output prints the run links once, in the final table; MLflow would print two lines per run.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:

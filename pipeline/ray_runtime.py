@@ -1,0 +1,38 @@
+"""Connect to Ray: the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``) or a local one."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pipeline.config import RayConfig
+
+
+def connect(cfg: RayConfig) -> bool:
+    """Initialise Ray once; returns True when this process started the cluster itself."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # Under `ray job submit` the job's runtime env (working dir) is inherited automatically.
+        ray.init(address=address, logging_level=logging.WARNING)
+        return False
+    ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+             configure_logging=True)
+    return True
+
+
+def cluster_summary() -> str:
+    import ray
+
+    res = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return (f"{len(nodes)} node(s), {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU, "
+            f"{res.get('memory', 0) / 1024**3:.1f} GiB")
+
+
+def owns_cluster() -> bool:
+    """Whether the Ray cluster dies with this process (started in-process, no address)."""
+    return not os.environ.get("RAY_ADDRESS")

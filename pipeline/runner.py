@@ -1,0 +1,282 @@
+"""The driver: decide what runs, run independent stages concurrently as Ray tasks, track it all.
+
+One MLflow parent run per pipeline run; one child run per stage, created here and handed to
+the Ray task by id (cached stages get a child run too, tagged ``cached=true`` with a link to the
+run that produced the output).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.markup import escape
+
+from pipeline import dag as dagmod
+from pipeline.config import PipelineConfig
+from pipeline.console import LiveProgress, StageResult, console, results_table
+from pipeline.dag import Dag, DagError, Node
+from pipeline.executor import StageFailed, StageJob, execute
+from pipeline.mlflow_server import runs_url
+from pipeline.stage import Stage
+from pipeline.storage import Storage
+from pipeline.tracking import Tracker, flatten
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class PipelineFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Selection:
+    """Which stages run this time and which are reused."""
+
+    run: list[str]
+    reuse: list[str]
+    forced: set[str] = field(default_factory=set)
+
+
+def select(dag: Dag, storage: Storage, only: list[str] = (), from_: str | None = None,
+           force: list[str] = ()) -> Selection:
+    names = set(dag.order)
+    for n in [*only, *([from_] if from_ else []), *[f for f in force if f != "all"]]:
+        dag[n]  # raises a clear error for unknown names
+    forced = set(names) if "all" in force else set(force)
+    if from_:
+        forced |= {from_} | dag.descendants(from_)
+    wanted = set(only) if only else names
+    if only:  # a lone stage reruns; its upstream must already be there
+        forced |= set(only)
+    run, reuse = [], []
+    for node in dag:
+        if node.name not in wanted:
+            continue
+        if node.name in forced or node.stage.always_run or dagmod.state(storage, node) != "cached":
+            run.append(node.name)
+        else:
+            reuse.append(node.name)
+    # every upstream of a running stage must be running or cached
+    for name in run:
+        for up in dag.upstream(name):
+            if up not in run and dagmod.state(storage, dag[up]) != "cached":
+                raise DagError(f"stage {name!r} needs the output of {up!r}, which is not cached "
+                               f"({storage.uri(up, dag[up].fingerprint)}); run it first "
+                               f"(drop --only, or add --from {up})")
+    return Selection(run=run, reuse=reuse, forced=forced)
+
+
+class Runner:
+    def __init__(self, config: PipelineConfig, stages: list[Stage], tracking_uri: str):
+        self.config = config
+        self.dag = Dag(stages, config)
+        self.storage = Storage(config.globals.output_root)
+        self.tracking_uri = tracking_uri
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+
+    # -- MLflow bookkeeping ---------------------------------------------------------------
+    def experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.config.name)
+        return exp.experiment_id if exp else self.client.create_experiment(self.config.name)
+
+    def _child_run(self, exp_id: str, parent_id: str | None, node: Node, cached: bool,
+                   extra_tags: dict | None = None) -> str:
+        tags = {"whale.stage": node.name, "whale.fingerprint": node.fingerprint,
+                "whale.cached": str(cached).lower(), "cached": str(cached).lower(),
+                "whale.git_commit": git_commit(), "whale.output": self.storage.uri(node.name, node.fingerprint)}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        tags.update(extra_tags or {})
+        run = self.client.create_run(exp_id, run_name=node.name, tags=tags)
+        tracker = Tracker(run.info.run_id, self.tracking_uri)
+        tracker.log_params(flatten(node.config.model_dump(mode="json")))
+        return run.info.run_id
+
+    # -- running --------------------------------------------------------------------------
+    def run(self, sel: Selection | None = None) -> list[StageResult]:
+        import ray
+
+        sel = sel or select(self.dag, self.storage)
+        exp_id = self.experiment_id()
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        parent = self.client.create_run(exp_id, run_name=f"{self.config.name}-{stamp}", tags={
+            "whale.kind": "pipeline", "whale.git_commit": git_commit(), "whale.config": self.config.source,
+            "whale.output_root": self.storage.root})
+        parent_id = parent.info.run_id
+        parent_tracker = Tracker(parent_id, self.tracking_uri)
+        parent_tracker.log_params(flatten(self.config.globals.model_dump(mode="json")))
+        parent_tracker.log_text(self.config.to_yaml(), "config.yaml")
+        self.storage.write_text(self.config.to_yaml(), "runs", parent_id, "config.yaml")
+        console.print(f"[bold]Whale[/] {self.config.name}: {len(sel.run)} stage(s) to run, "
+                      f"{len(sel.reuse)} cached · outputs {self.storage.root} · MLflow "
+                      f"{runs_url(self.tracking_uri, exp_id, parent_id)}")
+
+        results: dict[str, StageResult] = {}
+        for name in sel.reuse:
+            results[name] = self._reuse(exp_id, parent_id, self.dag[name])
+            console.print(f"[cyan]↺ {name} cached[/] {results[name].output}")
+
+        pending = list(sel.run)
+        running: dict = {}  # ObjectRef -> (name, run_id, started)
+        failed: set[str] = set()
+        interrupted = False
+        with LiveProgress() as live:
+            try:
+                while pending or running:
+                    for name in list(pending):
+                        ups = self.dag.upstream(name)
+                        if any(u in failed or (u in results and results[u].status in ("failed", "skipped"))
+                               for u in ups):
+                            pending.remove(name)
+                            results[name] = self._result(self.dag[name], "skipped", error="upstream failed")
+                            failed.add(name)
+                            continue
+                        if all(u in results and results[u].status in ("ran", "cached") for u in ups):
+                            pending.remove(name)
+                            running[self._launch(name, exp_id, parent_id)] = (name, time.time())
+                            live.start(name, f"[{self.dag[name].fingerprint}]")
+                    if not running:
+                        break
+                    done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                    for ref in done:
+                        name, started = running.pop(ref)
+                        res = self._collect(ref, name, exp_id, started)
+                        results[name] = res
+                        if res.status == "failed":
+                            failed.add(name)
+                        live.finish(name, res.status, res.error or "")
+            except KeyboardInterrupt:
+                interrupted = True
+                for ref, (name, started) in running.items():
+                    ray.cancel(ref, force=True)
+                    results[name] = self._result(self.dag[name], "interrupted", wall_s=time.time() - started)
+                for name in pending:
+                    results[name] = self._result(self.dag[name], "skipped", error="interrupted")
+
+        ordered = [results[n] for n in self.dag.order if n in results]
+        ok = not failed and not interrupted
+        self._finish_parent(parent_tracker, ordered, ok, interrupted)
+        console.print(results_table(ordered, title=f"Whale pipeline · {self.config.name}"))
+        if not ok:
+            bad = [r for r in ordered if r.status in ("failed", "interrupted")]
+            for r in bad:
+                console.print(f"[bold red]✗ stage {r.name!r} {r.status}[/]: {escape(r.error or '')}")
+                if r.status == "failed":
+                    console.print(f"  traceback: {self.storage.uri(r.name, r.fingerprint, dagmod.FAILED)}")
+            console.print("  [bold]To resume[/], run the same command again: finished stages are cached "
+                          "and the run restarts at the first stage without _SUCCESS.")
+            raise PipelineFailed(", ".join(f"{r.name} {r.status}" for r in bad))
+        return ordered
+
+    def _launch(self, name: str, exp_id: str, parent_id: str):
+        import ray
+
+        node = self.dag[name]
+        run_id = self._child_run(exp_id, parent_id, node, cached=False)
+        job = StageJob(stage=node.stage, config=node.config, pipeline=self.config.globals,
+                       fingerprint=node.fingerprint, output_root=self.storage.root,
+                       upstream={u: self.dag[u].fingerprint for u in node.stage.upstream},
+                       tracking_uri=self.tracking_uri, run_id=run_id)
+        opts = node.stage.resources.ray_options()
+        task = ray.remote(_execute_remote).options(
+            name=f"stage:{name}", max_retries=0, scheduling_strategy="SPREAD",
+            runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": self.tracking_uri}}, **opts)
+        return task.remote(job)
+
+    def _collect(self, ref, name: str, exp_id: str, started: float) -> StageResult:
+        import ray
+
+        node = self.dag[name]
+        try:
+            manifest = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a row in the table
+            cause = _unwrap(e)
+            self._mark_failed(node, cause)
+            return self._result(node, "failed", wall_s=time.time() - started, error=cause)
+        return self._from_manifest(node, manifest, "ran", exp_id)
+
+    def _mark_failed(self, node: Node, cause: str) -> None:
+        """A worker that died (OOM, crash) could not mark its own run; do it here."""
+        runs = self.client.search_runs(
+            [self.experiment_id()], filter_string=f"tags.`whale.fingerprint` = '{node.fingerprint}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if runs and runs[0].info.status == "RUNNING":
+            self.client.set_tag(runs[0].info.run_id, "whale.error", cause[:5000])
+            self.client.set_terminated(runs[0].info.run_id, "FAILED")
+
+    def _reuse(self, exp_id: str, parent_id: str, node: Node) -> StageResult:
+        manifest = dagmod.manifest(self.storage, node)
+        producer = manifest.get("mlflow", {}).get("run_id")
+        run_id = self._child_run(exp_id, parent_id, node, cached=True, extra_tags={
+            "whale.produced_by": producer or "unknown",
+            "whale.produced_by_url": runs_url(self.tracking_uri, exp_id, producer) if producer else ""})
+        summary = manifest.get("summary", {})
+        Tracker(run_id, self.tracking_uri).log_metrics(
+            {f"summary/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        self.client.set_terminated(run_id, "FINISHED")
+        res = self._from_manifest(node, manifest, "cached", exp_id)
+        res.run_url = runs_url(self.tracking_uri, exp_id, run_id)
+        return res
+
+    def _from_manifest(self, node: Node, manifest: dict, status: str, exp_id: str) -> StageResult:
+        summary = manifest.get("summary", {})
+        key = node.stage.key_metric
+        run_id = manifest.get("mlflow", {}).get("run_id")
+        return StageResult(name=node.name, status=status, fingerprint=node.fingerprint,
+                           output=manifest.get("output", self.storage.uri(node.name, node.fingerprint)),
+                           wall_s=manifest.get("timings", {}).get("wall_s") if status == "ran" else 0.0,
+                           key_metric=key, key_value=summary.get(key) if key else None,
+                           run_url=runs_url(self.tracking_uri, exp_id, run_id) if run_id else None,
+                           summary=summary)
+
+    def _result(self, node: Node, status: str, wall_s: float | None = None, error: str | None = None):
+        return StageResult(name=node.name, status=status, fingerprint=node.fingerprint,
+                           output=self.storage.uri(node.name, node.fingerprint), wall_s=wall_s, error=error)
+
+    def _finish_parent(self, tracker: Tracker, results: list[StageResult], ok: bool, interrupted: bool):
+        rows = [{"stage": r.name, "status": r.status, "wall_s": r.wall_s, "key_metric": r.key_metric,
+                 "key_value": r.key_value, "output": r.output, "fingerprint": r.fingerprint}
+                for r in results]
+        tracker.log_table(rows, "stages.json")
+        tracker.log_metrics({f"{r.name}/wall_s": r.wall_s for r in results if r.wall_s is not None})
+        status = "FINISHED" if ok else ("KILLED" if interrupted else "FAILED")
+        self.client.set_terminated(tracker.run_id, status)
+
+
+def _execute_remote(job: StageJob) -> dict:
+    return execute(job)
+
+
+def _unwrap(e: BaseException) -> str:
+    """The stage's own message out of Ray's error wrapping."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, StageFailed):
+        return cause.cause
+    if isinstance(e, StageFailed):
+        return e.cause
+    text = str(e).strip().splitlines()
+    return text[-1] if text else type(e).__name__
+
+
+_GIT: str | None = None
+
+
+def git_commit() -> str:
+    global _GIT
+    if _GIT is None:
+        try:
+            _GIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, text=True,
+                                  capture_output=True, timeout=5).stdout.strip() or "unknown"
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                                   text=True, capture_output=True, timeout=5).stdout.strip()
+            if dirty and _GIT != "unknown":
+                _GIT += "-dirty"
+        except (OSError, subprocess.SubprocessError):
+            _GIT = "unknown"
+    return _GIT
