@@ -1,0 +1,61 @@
+"""Teacher from a local checkpoint (ours, or a Hugging Face DeepSeek-V3 folder) via model.generate.
+
+The prompt is rendered with the tokenizer's chat template and the generation prompt
+(``<｜Assistant｜>``); the model writes ``<think>...</think>`` and the answer itself.
+Generation is serialised with a lock: one model, CPU- or GPU-bound, shared by the pipeline's
+threads. Heavy imports (torch, model, tokenizer) happen when the teacher is built.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from stages.common.problems import Problem, stable_hash
+from stages.distill.teachers.base import Completion, Teacher, TeacherError, TeacherUnavailable, split_think
+from stages.distill.teachers.config import LocalTeacherConfig
+
+
+class LocalTeacher(Teacher):
+    name = "local"
+
+    def __init__(self, cfg: LocalTeacherConfig):
+        self.cfg = cfg
+        path = Path(cfg.path)
+        if not (path / "config.json").is_file():
+            raise TeacherUnavailable(f"teacher.path {cfg.path!r} has no config.json (not a model checkpoint)")
+        try:
+            from model import DeepSeekV3
+            from tokenizer import Tokenizer
+        except ImportError as e:
+            raise TeacherUnavailable(f"the local teacher needs the model and tokenizer libraries: {e}") from e
+        self.tokenizer = Tokenizer.load(cfg.tokenizer_path or cfg.path)
+        self.model = DeepSeekV3.from_pretrained(path, device=cfg.device).eval()
+        if self.model.config.vocab_size < self.tokenizer.vocab_size:
+            raise TeacherUnavailable(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
+                                     f"{self.model.config.vocab_size}: they do not belong together")
+        self._lock = threading.Lock()
+
+    def describe(self):
+        return {"name": self.name, "path": self.cfg.path, "max_new_tokens": self.cfg.max_new_tokens}
+
+    def complete(self, problem: Problem, n: int, *, seed: int = 0) -> list[Completion]:
+        messages = ([{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else [])
+        messages.append({"role": "user", "content": problem.prompt})
+        prompt = self.tokenizer.encode_chat(messages, add_generation_prompt=True).ids
+        row_seed = int(stable_hash([seed, problem.id], 8), 16)
+        try:
+            with self._lock:
+                gens = self.model.generate([prompt] * n, max_new_tokens=self.cfg.max_new_tokens,
+                                           temperature=self.cfg.temperature, top_p=self.cfg.top_p, seed=row_seed)
+        except (RuntimeError, ValueError) as e:  # e.g. prompt longer than the model's context
+            raise TeacherError(f"local generation failed: {e}") from e
+        out = []
+        vocab = self.tokenizer.vocab_size
+        for g in gens:
+            # a model whose embedding is padded past the tokenizer can sample ids it cannot decode
+            ids = [t for t in g.tokens if t < vocab]
+            reasoning, answer, blocks = split_think(self.tokenizer.decode(ids))
+            out.append(Completion(reasoning, answer, blocks, g.finish_reason,
+                                  {"undecodable_tokens": len(g.tokens) - len(ids)} if len(ids) < len(g.tokens) else {}))
+        return out
