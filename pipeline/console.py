@@ -29,6 +29,7 @@ class StageResult:
     key_metric: str | None = None
     key_value: object = None
     run_url: str | None = None
+    run_id: str | None = None  # the MLflow run that produced the output (for cached stages: an earlier one)
     error: str | None = None
     summary: dict = field(default_factory=dict)
 

@@ -13,9 +13,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.markdown import Markdown
 from rich.markup import escape
 
 from pipeline import dag as dagmod
+from pipeline import report
 from pipeline.config import PipelineConfig
 from pipeline.console import LiveProgress, StageResult, console, results_table
 from pipeline.dag import Dag, DagError, Node
@@ -161,8 +163,9 @@ class Runner:
 
         ordered = [results[n] for n in self.dag.order if n in results]
         ok = not failed and not interrupted
-        self._finish_parent(parent_tracker, ordered, ok, interrupted)
         console.print(results_table(ordered, title=f"Whale pipeline · {self.config.name}"))
+        self._write_report(parent_tracker, ordered, runs_url(self.tracking_uri, exp_id, parent_id))
+        self._finish_parent(parent_tracker, ordered, ok, interrupted)
         if not ok:
             bad = [r for r in ordered if r.status in ("failed", "interrupted")]
             for r in bad:
@@ -233,11 +236,29 @@ class Runner:
                            wall_s=manifest.get("timings", {}).get("wall_s") if status == "ran" else 0.0,
                            key_metric=key, key_value=summary.get(key) if key else None,
                            run_url=runs_url(self.tracking_uri, exp_id, run_id) if run_id else None,
-                           summary=summary)
+                           run_id=run_id, summary=summary)
 
     def _result(self, node: Node, status: str, wall_s: float | None = None, error: str | None = None):
         return StageResult(name=node.name, status=status, fingerprint=node.fingerprint,
                            output=self.storage.uri(node.name, node.fingerprint), wall_s=wall_s, error=error)
+
+    def _write_report(self, parent: Tracker, results: list[StageResult], parent_url: str) -> None:
+        plots = {r.name: self._plots(r.run_id) for r in results if r.run_id}
+        text = report.render(self.config.name, results, self.dag.stages, self.tracking_uri, parent_url, plots)
+        self.storage.write_text(text, "runs", parent.run_id, "report.md")
+        parent.log_text(text, "report.md")
+        console.print(Markdown(text))
+        console.print(f"Report card: {self.storage.uri('runs', parent.run_id, 'report.md')}")
+
+    def _plots(self, run_id: str) -> list[str]:
+        found, frontier = [], [None]
+        while frontier and len(found) < 20:
+            for item in self.client.list_artifacts(run_id, frontier.pop()):
+                if item.is_dir:
+                    frontier.append(item.path)
+                elif item.path.endswith(".png"):
+                    found.append(item.path)
+        return sorted(found)
 
     def _finish_parent(self, tracker: Tracker, results: list[StageResult], ok: bool, interrupted: bool):
         rows = [{"stage": r.name, "status": r.status, "wall_s": r.wall_s, "key_metric": r.key_metric,

@@ -102,8 +102,9 @@ class Stage:
     resources: Resources = Resources()
     # Python packages/modules whose source is part of the fingerprint ("code version").
     code: tuple[str, ...] = ()
-    # Summary key shown in the final table.
+    # Summary key shown in the final table, and the keys the report card leads with.
     key_metric: str | None = None
+    headline: tuple[str, ...] = ()
     # Stages with side effects outside their folder (a live deployment) run every time.
     always_run: bool = False
     description: str = ""

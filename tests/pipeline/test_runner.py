@@ -117,7 +117,14 @@ def test_parent_and_child_runs_in_mlflow(tmp_path, mlflow_server, ray_local):
         producer = child.data.tags["whale.produced_by"]
         assert producer in {r.info.run_id for r in kids[first.info.run_id]}
     assert first.info.status == "FINISHED"
-    assert "config.yaml" in [a.path for a in client.list_artifacts(first.info.run_id)]
+    artifacts = [a.path for a in client.list_artifacts(first.info.run_id)]
+    assert "config.yaml" in artifacts and "report.md" in artifacts
+    # the report card carries the same numbers as the stage runs
+    report = (tmp_path / "out" / "runs" / first.info.run_id / "report.md").read_text()
+    assert "| c | ran |" in report and "value 3" in report
+    assert "## Environment" in report and "torch:" in report
+    cached_report = (tmp_path / "out" / "runs" / second.info.run_id / "report.md").read_text()
+    assert "| c | cached |" in cached_report and "value 3" in cached_report
 
 
 def test_failed_stage_marks_its_run_and_the_parent_failed(tmp_path, mlflow_server, ray_local):
