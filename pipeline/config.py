@@ -18,12 +18,13 @@ import copy
 import difflib
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from pipeline.stage import Stage
 
@@ -54,6 +55,17 @@ class GlobalConfig(Strict):
     output_root: str = "outputs"
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
+
+    @field_validator("output_root")
+    @classmethod
+    def _absolute_root(cls, root: str) -> str:
+        """A relative local root is resolved once, here: against WHALE_PROJECT_DIR when set (the
+        local cluster scripts set it, since job drivers run in a temporary copy of the working
+        dir), else the current directory. URIs (s3://...) pass through."""
+        if "://" in root or os.path.isabs(root):
+            return root
+        base = os.environ.get("WHALE_PROJECT_DIR") or os.getcwd()
+        return os.path.normpath(os.path.join(base, os.path.expanduser(root)))
 
 
 GLOBAL_KEYS = tuple(GlobalConfig.model_fields)

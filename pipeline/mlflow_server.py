@@ -99,8 +99,10 @@ def _start(state_dir: Path) -> TrackingServer:
            "--artifacts-destination", str(state_dir / "artifacts"),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     # own session: Ctrl-C in the terminal reaches the pipeline, which then stops the server
+    # No background job runner (MLflow 3.17 would start it plus 7 huey workers): we use no jobs.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=state_dir)
+                            cwd=state_dir, env=env)
     deadline = time.time() + STARTUP_TIMEOUT_S
     while time.time() < deadline:
         if proc.poll() is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from pipeline.stage import Stage
+from pipeline.stage import Stage, StageConfig
 
 STAGE_PACKAGES = (
     "stages.curate",
@@ -18,7 +18,24 @@ STAGE_PACKAGES = (
 
 
 def default_stages() -> list[Stage]:
-    return [importlib.import_module(p).STAGE for p in STAGE_PACKAGES]
+    return [_load(p) for p in STAGE_PACKAGES]
+
+
+def _load(package: str) -> Stage:
+    """The package's STAGE; a package without one is a stage not implemented yet, which keeps
+    its place in the DAG and fails clearly when run (never writing placeholder outputs)."""
+    try:
+        module = importlib.import_module(package)
+    except ModuleNotFoundError as e:
+        if e.name != package:
+            raise
+        module = None
+    stage = getattr(module, "STAGE", None)
+    if stage is None:
+        name = package.rsplit(".", 1)[-1]
+        upstream = {"eval": ("distill",), "distill": ("pretrain",)}.get(name, ())
+        return Stage(name=name, config=StageConfig, run=None, upstream=upstream)
+    return stage
 
 
 def load_stages() -> list[Stage]:
