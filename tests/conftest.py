@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Real services for any test: moto S3, PostgreSQL, a local multi-node Ray cluster.
+pytest_plugins = ("tests.fixtures.services",)
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

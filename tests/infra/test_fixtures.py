@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.infra import manifests
-from tests.infra.conftest import free_port
+from tests.fixtures.services import free_port
 
 # -- S3 -----------------------------------------------------------------------------------------
 

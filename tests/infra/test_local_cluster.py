@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.infra.conftest import (
+from tests.fixtures.services import (
     VENV_BIN,
     LocalRayCluster,
     read_env_file,

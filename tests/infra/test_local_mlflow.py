@@ -13,7 +13,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from tests.infra.conftest import INFRA, read_env_file
+from tests.fixtures.services import INFRA, read_env_file
 
 pytestmark = pytest.mark.slow
 
