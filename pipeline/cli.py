@@ -225,7 +225,7 @@ def _run_stage_alone(name: str, config_path: str, overrides: list[str], keep_ser
         dag = Dag(stages, cfg)
         node = dag[name]
         storage = Storage(cfg.globals.output_root)
-        for up in node.stage.upstream:
+        for up in node.stage.upstream if node.stage.reads_upstream else ():
             if dagmod.state(storage, dag[up]) != "cached":
                 raise DagError(f"stage {name!r} needs the output of upstream stage {up!r}, which is not "
                                f"cached at {storage.uri(up, dag[up].fingerprint)}; run it first: "
@@ -248,7 +248,7 @@ def _run_stage_alone(name: str, config_path: str, overrides: list[str], keep_ser
     Tracker(run.info.run_id, server.uri).log_params(flatten(node.config.model_dump(mode="json")))
     started_ray = ray_runtime.connect(cfg.globals.ray)
     job = StageJob(stage=node.stage, config=node.config, pipeline=cfg.globals, fingerprint=node.fingerprint,
-                   output_root=storage.root, upstream={u: dag[u].fingerprint for u in node.stage.upstream},
+                   output_root=storage.root, upstream=dag.inputs(name, storage),
                    tracking_uri=server.uri, run_id=run.info.run_id)
     console.print(f"[blue]▶[/] {name} [{node.fingerprint}] → {storage.uri(name, node.fingerprint)}")
     try:

@@ -52,7 +52,7 @@ class RayConfig(Strict):
 class GlobalConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
-    output_root: str = "outputs"
+    output_root: str = Field("outputs", validate_default=True)
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
 

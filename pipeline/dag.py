@@ -69,6 +69,13 @@ class Dag:
     def upstream(self, name: str) -> tuple[str, ...]:
         return self.stages[name].upstream
 
+    def inputs(self, name: str, storage: Storage) -> dict[str, str]:
+        """upstream stage -> fingerprint of the outputs handed to ``name``. A stage that does not
+        read its upstream folders gets only those that exist."""
+        stage = self.stages[name]
+        return {u: self.nodes[u].fingerprint for u in stage.upstream
+                if stage.reads_upstream or state(storage, self.nodes[u]) == "cached"}
+
     def descendants(self, name: str) -> set[str]:
         found: set[str] = set()
         frontier = [name]

@@ -64,7 +64,7 @@ def select(dag: Dag, storage: Storage, only: list[str] = (), from_: str | None =
             reuse.append(node.name)
     # every upstream of a running stage must be running or cached
     for name in run:
-        for up in dag.upstream(name):
+        for up in dag.upstream(name) if dag.stages[name].reads_upstream else ():
             if up not in run and dagmod.state(storage, dag[up]) != "cached":
                 raise DagError(f"stage {name!r} needs the output of {up!r}, which is not cached "
                                f"({storage.uri(up, dag[up].fingerprint)}); run it first "
@@ -184,7 +184,7 @@ class Runner:
         run_id = self._child_run(exp_id, parent_id, node, cached=False)
         job = StageJob(stage=node.stage, config=node.config, pipeline=self.config.globals,
                        fingerprint=node.fingerprint, output_root=self.storage.root,
-                       upstream={u: self.dag[u].fingerprint for u in node.stage.upstream},
+                       upstream=self.dag.inputs(name, self.storage),
                        tracking_uri=self.tracking_uri, run_id=run_id)
         opts = node.stage.resources.ray_options()
         task = ray.remote(_execute_remote).options(

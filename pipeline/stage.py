@@ -107,6 +107,9 @@ class Stage:
     headline: tuple[str, ...] = ()
     # Stages with side effects outside their folder (a live deployment) run every time.
     always_run: bool = False
+    # False: upstream stages only order this one (serve deploys a registry model, it reads no
+    # upstream folder), so running it alone does not require their outputs.
+    reads_upstream: bool = True
     description: str = ""
 
     def load_run(self) -> Callable[[Any, StageContext], dict]:

@@ -154,9 +154,12 @@ def _param_str(v: Any) -> str:
     return s[:6000]  # MLflow's param value limit
 
 
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
 def download_model(uri: str, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
     """Resolve ``models:/NAME@ALIAS`` (or ``runs:/...``, or a local path) to a local folder."""
-    if "://" not in uri or uri.startswith("file://"):
+    if not uri.startswith(MLFLOW_SCHEMES):
         p = Path(uri.removeprefix("file://"))
         if not p.exists():
             raise FileNotFoundError(f"model path {p} does not exist")
