@@ -1,0 +1,288 @@
+"""Reader steps: turn a task's units into Documents, and count every record that cannot be one.
+
+datatrove's own JSONL/WARC readers log and skip bad lines, and a truncated gzip ends the task with
+a traceback; here every record is either a Document or an ``unreadable`` count with a reason
+(invalid_utf8, malformed_json, truncated_gzip, binary, empty, too_large, ...), and the task goes on.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import gzip
+import json
+import os
+import zlib
+from collections.abc import Iterator
+
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.io import DataFolderLike, get_datafolder
+from datatrove.pipeline.readers.base import BaseReader
+from datatrove.utils.logging import logger
+
+from stages.curate.accounting import ReaderAccounting, utf8_len
+from stages.curate.markup import detect_format
+
+# errors a damaged compressed stream raises part-way through
+_STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
+
+
+class Unreadable(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SourceReader(BaseReader):
+    """Reads the units dealt to this task (see ``harvest.shard_units``)."""
+
+    name = "📚 Sources"
+
+    def __init__(self, shards: list[list[dict]], branch: str, max_doc_bytes: int):
+        super().__init__()
+        self.shards = shards
+        self.branch = branch
+        self.max_doc_bytes = max_doc_bytes
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        if world_size != len(self.shards):
+            raise ValueError(f"units were dealt to {len(self.shards)} tasks but the executor runs {world_size}")
+        acct = ReaderAccounting(self)
+        for unit in self.shards[rank]:
+            self.stat_update("units")
+            with self.track_time("unit"):
+                for item in self.read_unit(unit):
+                    if isinstance(item, str):
+                        acct.unreadable(item)
+                        continue
+                    if not item.text.strip():
+                        acct.unreadable("empty")
+                        continue
+                    if utf8_len(item.text) > self.max_doc_bytes:
+                        acct.unreadable("too_large")
+                        continue
+                    item.metadata.setdefault("branch", self.branch)
+                    acct.read(item)
+                    yield item
+        acct.flush()
+
+    def read_unit(self, unit: dict) -> Iterator[Document | str]:
+        """Documents, or unreadable reasons, from one unit."""
+        return getattr(self, f"_read_{unit['kind']}")(unit)
+
+    # -- the local environment ----------------------------------------------------------------------
+    def _read_local(self, unit: dict) -> Iterator[Document | str]:
+        path = unit["path"]
+        if unit["size"] > self.max_doc_bytes:
+            yield "too_large"
+            return
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(self.max_doc_bytes + 1)
+        except OSError:
+            yield "io_error"
+            return
+        try:
+            text = decode_text(raw)
+        except Unreadable as e:
+            yield e.reason
+            return
+        meta = {"source": unit.get("source", "local"), "path": path, "package": unit["package"],
+                "role": unit["role"]}
+        if unit["role"] == "metadata":
+            text, content_type = metadata_description(text)
+            meta["format"] = detect_format(content_type=content_type, text=text)
+        elif unit["role"] == "doc":
+            meta["format"] = detect_format(name=path, text=text)
+        doc_id = f"{meta['source']}:{_short_path(path)}"
+        yield Document(text=text, id=doc_id, metadata=meta)
+
+    # -- JSONL ----------------------------------------------------------------------------------------
+    def _read_jsonl(self, unit: dict) -> Iterator[Document | str]:
+        n = 0
+        try:
+            for lineno, line in _lines(unit["uri"]):
+                if unit.get("limit") and n >= unit["limit"]:
+                    return
+                if not line.strip():
+                    continue
+                n += 1
+                try:
+                    record = json.loads(decode_text(line, allow_nul=True))
+                except Unreadable as e:
+                    yield e.reason
+                    continue
+                except ValueError:
+                    yield "malformed_json"
+                    continue
+                yield self._record_document(record, unit, f"{unit['uri']}#{lineno}")
+        except _STREAM_ERRORS as e:
+            logger.warning(f"{unit['uri']}: stream ends early ({e}); the rest of the file is lost")
+            yield "truncated_gzip" if _compressed(unit["uri"]) else "io_error"
+
+    # -- Parquet --------------------------------------------------------------------------------------
+    def _read_parquet(self, unit: dict) -> Iterator[Document | str]:
+        import fsspec
+        import pyarrow.parquet as pq
+
+        n = 0
+        try:
+            with fsspec.open(unit["uri"], "rb") as f:
+                pf = pq.ParquetFile(f)
+                names = pf.schema_arrow.names
+                if unit["text_key"] not in names:
+                    logger.warning(f"{unit['uri']}: no column {unit['text_key']!r} (columns: {names})")
+                    yield "no_text_column"
+                    return
+                for batch in pf.iter_batches(batch_size=1024):
+                    for row in batch.to_pylist():
+                        if unit.get("limit") and n >= unit["limit"]:
+                            return
+                        n += 1
+                        yield self._record_document(row, unit, f"{unit['uri']}#{n - 1}")
+        except Exception as e:  # pyarrow raises several types for damaged files
+            logger.warning(f"{unit['uri']}: unreadable parquet ({type(e).__name__}: {e})")
+            yield "corrupt_parquet"
+
+    def _record_document(self, record, unit: dict, default_id: str) -> Document | str:
+        if not isinstance(record, dict):
+            return "malformed_json"
+        text = record.pop(unit["text_key"], None)
+        if text is None:
+            return "no_text"
+        if not isinstance(text, str):
+            return "text_not_a_string"
+        doc_id = record.pop(unit["id_key"], None) or default_id
+        meta = record.pop("metadata", None)
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        meta.update({k: v for k, v in record.items() if isinstance(v, (str, int, float, bool))})
+        meta.update(source=unit["kind"], file=unit["uri"])
+        meta.setdefault("format", "plain")
+        return Document(text=text, id=str(doc_id), metadata=meta)
+
+    # -- WARC / WET ---------------------------------------------------------------------------------------
+    def _read_warc(self, unit: dict) -> Iterator[Document | str]:
+        import fsspec
+        from warcio.archiveiterator import ArchiveIterator
+        from warcio.exceptions import ArchiveLoadFailed
+
+        n = 0
+        try:
+            with fsspec.open(unit["uri"], "rb") as f:
+                for record in ArchiveIterator(f):
+                    if record.rec_type not in ("response", "conversion"):
+                        continue  # requests, metadata, warcinfo: not documents
+                    if unit.get("limit") and n >= unit["limit"]:
+                        return
+                    n += 1
+                    yield warc_document(record)
+        except ArchiveLoadFailed as e:
+            logger.warning(f"{unit['uri']}: damaged WARC record ({e}); the rest of the file is lost")
+            yield "corrupt_warc"
+        except _STREAM_ERRORS as e:
+            logger.warning(f"{unit['uri']}: stream ends early ({e}); the rest of the file is lost")
+            yield "truncated_gzip" if _compressed(unit["uri"]) else "io_error"
+
+
+class StagedReader(BaseReader):
+    """Reads back this task's own intermediate file (``{rank:05d}.jsonl.gz``), in order.
+
+    Dedup removal lists index documents by their position in a task's stream, so task ``r`` must
+    read exactly the file task ``r`` wrote (datatrove's JsonlReader re-deals files by position and
+    would shift when a task wrote nothing).
+    """
+
+    name = "📂 Staged"
+
+    def __init__(self, folder: DataFolderLike):
+        super().__init__()
+        self.folder = get_datafolder(folder)
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        acct = ReaderAccounting(self)
+        name = f"{rank:05d}.jsonl.gz"
+        if self.folder.exists(name):
+            with self.folder.open(name, "rt", compression="gzip") as f:
+                for line in f:
+                    try:
+                        d = json.loads(line)
+                        doc = Document(text=d["text"], id=d["id"], metadata=d.get("metadata") or {})
+                    except (ValueError, KeyError):
+                        acct.unreadable("malformed_json")
+                        continue
+                    acct.read(doc)
+                    yield doc
+        acct.flush()
+
+
+def warc_document(record) -> Document | str:
+    """A WARC response (HTML) or WET conversion (plain text) record as a Document."""
+    headers = record.rec_headers
+    url = headers.get_header("WARC-Target-URI")
+    if record.rec_type == "conversion":
+        fmt, charset = "plain", None
+    else:
+        ctype = (record.http_headers.get_header("Content-Type") if record.http_headers else None) or ""
+        payload = headers.get_header("WARC-Identified-Payload-Type") or ctype
+        if "html" not in payload.lower():
+            return "not_html"
+        fmt = "html"
+        charset = ctype.lower().partition("charset=")[2].split(";")[0].strip() or None
+    body = record.content_stream().read()
+    try:
+        text = decode_text(body, charset=charset, allow_nul=True)
+    except Unreadable as e:
+        return e.reason
+    meta = {"source": "warc", "url": url, "date": headers.get_header("WARC-Date"), "format": fmt}
+    return Document(text=text, id=headers.get_header("WARC-Record-ID") or url, metadata=meta)
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+def decode_text(raw: bytes, charset: str | None = None, allow_nul: bool = False) -> str:
+    """Strict decoding: UTF-8 (or the declared charset); NUL bytes mean a binary file."""
+    if not allow_nul and b"\x00" in raw[:8192]:
+        raise Unreadable("binary")
+    for enc in filter(None, (charset, "utf-8")):
+        try:
+            return raw.decode(enc)
+        except (UnicodeDecodeError, LookupError):
+            continue
+    if charset is not None:  # a web page that lies about its charset: let a detector try
+        try:
+            from charset_normalizer import from_bytes
+
+            best = from_bytes(raw).best()
+            if best is not None:
+                return str(best)
+        except ImportError:
+            pass
+    raise Unreadable("invalid_utf8")
+
+
+def metadata_description(text: str) -> tuple[str, str | None]:
+    """(long description, its content type) from a METADATA / PKG-INFO file."""
+    msg = email.parser.Parser().parsestr(text)
+    body = msg.get_payload()
+    if not isinstance(body, str) or not body.strip():
+        body = msg.get("Description", "") or ""
+        # the legacy header form indents continuation lines with 8 spaces or "|"
+        body = "\n".join(line[8:] if line.startswith(" " * 8) else line.lstrip("|")
+                         for line in body.splitlines())
+    return body, msg.get("Description-Content-Type")
+
+
+def _lines(uri: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) from a possibly compressed file, local or remote."""
+    import fsspec
+
+    with fsspec.open(uri, "rb", compression="infer") as f:
+        yield from enumerate(f)
+
+
+def _compressed(uri: str) -> bool:
+    return uri.endswith((".gz", ".zst", ".bz2", ".xz"))
+
+
+def _short_path(path: str) -> str:
+    marker = f"{os.sep}site-packages{os.sep}"
+    return path.split(marker, 1)[1] if marker in path else path
