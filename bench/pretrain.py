@@ -1,0 +1,179 @@
+"""Pretraining benchmark, printed as JSON; every ratio is against a baseline measured in the same run.
+
+    python bench/pretrain.py [--batch 8 --seq 256 --steps 6 --threads 1] [--no-ray] [--gpu-batch 4 --gpu-seq 2048]
+
+- ``peak``: the BF16 matmul peak of this machine at ``--threads`` (measured now: the MFU denominator).
+- ``tiny``: one optimizer step of the trainer (``TrainStep``: forward + backward over the global
+  batch, gradient reduction, clipping, AdamW, router-bias update) on the ``tiny`` model in BF16 and
+  in FP8, in this process: median step time, tokens/s, MFU; ``fp8_vs_bf16_step_time`` = FP8 / BF16.
+  (On CPU FP8 is slower: ``torch._scaled_mm`` in 128-wide K chunks plus quantisation, no FP8 units.)
+  One thread by default: on a shared 2-core machine, two OpenMP threads spin-wait whenever another
+  process runs and a step becomes 10-20x slower, so two-thread timings there measure the neighbours.
+- ``ray`` (unless ``--no-ray``): the same model through Ray Train's ``fit`` (the pretrain stage's
+  path) with 1 worker x all cores and with 2 workers (EP=2, DP=2) x 1 core; tokens/s and MFU from the
+  trainer's own summary (median step, against the peak its workers measured at start).
+- ``gpu_small`` (only when CUDA is present): the ``small`` preset on one GPU, BF16 and FP8, MFU
+  against the datasheet BF16 peak (and the matmul peak measured here); goals: MFU >= 35 % and FP8
+  >= 1.3x faster than BF16 on an H100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model import DeepSeekV3, ModelConfig  # noqa: E402
+from model.fp8 import prepare_model  # noqa: E402
+from model.parallel import ParallelGroups  # noqa: E402
+from stages.common.training.perf import gpu_peak, measure_matmul_peak, train_flops_per_token  # noqa: E402
+from stages.common.training.step import TrainStep, build_optimizer  # noqa: E402
+
+
+def random_batch(batch: int, seq: int, vocab: int, device, step: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(step)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
+    return {"input_ids": ids, "labels": ids}
+
+
+def step_throughput(config: ModelConfig, precision: str, batch: int, seq: int, steps: int, device: torch.device,
+                    peak: float, activation_checkpointing: str = "none") -> dict:
+    torch.manual_seed(0)
+    model = DeepSeekV3(config.model_copy(update={"activation_checkpointing": activation_checkpointing}))
+    model = model.to(device).train()
+    fp8_modules = prepare_model(model, precision)
+    step = TrainStep(model, build_optimizer(model, 1e-3, (0.9, 0.95), 0.1), ParallelGroups.single(),
+                     precision=precision, device=device)
+    times = []
+    for i in range(steps + 2):          # 2 warm-up steps
+        b = random_batch(batch, seq, config.vocab_size, device, i)
+        _sync(device)
+        t = time.perf_counter()
+        step([b], 1e-3, 0.3)
+        _sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    s = statistics.median(times)
+    flops = train_flops_per_token(config, seq)
+    out = {"precision": precision, "step_s": s, "tokens_per_s": batch * seq / s, "flops_per_token": flops,
+           "mfu": batch * seq * flops / s / peak, "fp8_linears": len(fp8_modules)}
+    if device.type == "cuda":
+        out["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+    return out
+
+
+class RandomTokens:
+    """A TrainData recipe of random tokens (throughput does not depend on the text)."""
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+
+    def open(self, rank, world_size, micro_batch_size, seq_len, seed):
+        return _RandomSource(self.vocab, micro_batch_size, seq_len, seed * 1000 + rank)
+
+
+class _RandomSource:
+    def __init__(self, vocab, b, t, seed):
+        self.vocab, self.b, self.t, self.seed, self.i = vocab, b, t, seed, 0
+
+    def next_batch(self):
+        self.i += 1
+        return random_batch(self.b, self.t, self.vocab, "cpu", self.seed * 100_000 + self.i)
+
+    def state_dict(self):
+        return {"i": self.i}
+
+    def load_state_dict(self, state):
+        self.i = state["i"]
+
+
+def ray_layouts(config: ModelConfig, batch: int, seq: int, steps: int, cores: int) -> dict:
+    import ray
+
+    from stages.common.training import TrainerConfig, TrainJob, fit
+
+    ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR")
+    out = {}
+    try:
+        for name, parallel in (("1x", {"cpus_per_worker": cores}), ("ep2", {"ep": 2}), ("dp2", {"dp": 2})):
+            cfg = TrainerConfig(steps=steps + 2, batch_size=batch, seq_len=seq, log_every=steps + 2,
+                                schedule={"warmup_steps": 1}, parallel=parallel,
+                                checkpoint={"every": 10_000}, eval={"every": 10_000})
+            job = TrainJob(config=cfg, model_config=config, train_data=RandomTokens(config.vocab_size), label=name)
+            t = time.perf_counter()
+            with tempfile.TemporaryDirectory() as d:
+                r = fit(job, storage=d, name=name)
+            out[name] = {"workers": cfg.parallel.world_size, "tokens_per_s": r.summary["tokens_per_s"],
+                         "mfu": r.summary["mfu"], "fit_wall_s": time.perf_counter() - t,
+                         "peak_flops": r.peak_flops}
+    finally:
+        ray.shutdown()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the in-process measurements")
+    p.add_argument("--vocab", type=int, default=4096, help="the tokenizer stage's default vocabulary")
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray Train fits (1 and 2 workers)")
+    p.add_argument("--gpu-batch", type=int, default=4)
+    p.add_argument("--gpu-seq", type=int, default=2048)
+    p.add_argument("--gpu-steps", type=int, default=10)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+
+    print("measuring the bf16 matmul peak...", file=sys.stderr)
+    peak = measure_matmul_peak(cpu)
+    tiny = ModelConfig.load("tiny", vocab_size=args.vocab)
+    result: dict = {"device": "cpu", "threads": args.threads, "torch": torch.__version__,
+                    "load_average_1m": os.getloadavg()[0],   # other processes skew CPU timings
+                    "peak": {"bf16_matmul_flops_per_s": peak}}
+    print("tiny: bf16 and fp8 train steps...", file=sys.stderr)
+    bf16 = step_throughput(tiny, "bf16", args.batch, args.seq, args.steps, cpu, peak)
+    fp8 = step_throughput(tiny, "fp8", args.batch, args.seq, args.steps, cpu, peak)
+    result["tiny"] = {"batch": args.batch, "seq": args.seq, "bf16": bf16, "fp8": fp8,
+                      "fp8_vs_bf16_step_time": fp8["step_s"] / bf16["step_s"]}
+    if not args.no_ray:
+        print("Ray Train layouts...", file=sys.stderr)
+        result["ray"] = ray_layouts(tiny, args.batch, args.seq, args.steps, len(os.sched_getaffinity(0)))
+
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda", 0)
+        name = torch.cuda.get_device_name(gpu)
+        print(f"small on {name}: bf16 and fp8 train steps...", file=sys.stderr)
+        measured = measure_matmul_peak(gpu, sizes=(4096, 8192))
+        sheet = gpu_peak(name)
+        denom = sheet or measured
+        small = ModelConfig.load("small")
+        g_bf16 = step_throughput(small, "bf16", args.gpu_batch, args.gpu_seq, args.gpu_steps, gpu, denom, "selective")
+        g_fp8 = step_throughput(small, "fp8", args.gpu_batch, args.gpu_seq, args.gpu_steps, gpu, denom, "selective")
+        result["gpu_small"] = {"gpu": name, "peak_bf16_datasheet": sheet, "peak_bf16_matmul_measured": measured,
+                               "batch": args.gpu_batch, "seq": args.gpu_seq, "bf16": g_bf16, "fp8": g_fp8,
+                               "fp8_speedup": g_bf16["step_s"] / g_fp8["step_s"],
+                               "goals": {"mfu_bf16": 0.35, "fp8_speedup": 1.3}}
+    else:
+        result["gpu_small"] = "skipped: no CUDA device"
+    print(json.dumps(result, indent=2))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+if __name__ == "__main__":
+    main()

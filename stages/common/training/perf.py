@@ -1,0 +1,68 @@
+"""Throughput and model FLOPs utilisation (MFU).
+
+MFU = achieved model FLOP/s / peak FLOP/s, with model FLOPs per token from :func:`model.info.model_info`
+(6·N_activated for the matmuls + attention, plus the MTP module) at the training sequence length.
+The peak is the BF16 dense matmul peak: a datasheet table for known GPUs; on CPUs (and unknown
+GPUs) the best square-matmul rate measured on the spot, with the threads the worker really uses,
+on every worker at the same time (so contention between workers counts against the peak).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+# Dense BF16 tensor-core peaks (FLOP/s), from NVIDIA datasheets (no sparsity). Longest match wins.
+GPU_BF16_PEAK = {
+    "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "H800": 989e12, "H20": 148e12,
+    "GH200": 989e12, "B200": 2250e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
+    "L4": 121e12, "A10G": 70e12, "A10": 125e12,
+}
+
+
+def gpu_peak(name: str) -> float | None:
+    matches = [k for k in GPU_BF16_PEAK if k.lower() in name.lower()]
+    return GPU_BF16_PEAK[max(matches, key=len)] if matches else None
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.bfloat16,
+                        sizes: tuple[int, ...] = (512, 1024, 2048), iters: int = 3) -> float:
+    """Best FLOP/s of ``n x n @ n x n`` in ``dtype`` on ``device`` (median of ``iters`` runs per size)."""
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b  # warm-up (kernel selection, page faults)
+        times = []
+        for _ in range(iters):
+            _sync(device)
+            t = time.perf_counter()
+            a @ b
+            _sync(device)
+            times.append(time.perf_counter() - t)
+        best = max(best, 2 * n**3 / sorted(times)[len(times) // 2])
+    return best
+
+
+def device_peak(device: torch.device) -> tuple[float, str]:
+    """(BF16 peak FLOP/s of one worker's device, where the number came from)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = gpu_peak(name)
+        if peak:
+            return peak, f"datasheet:{name}"
+        return measure_matmul_peak(device, sizes=(4096, 8192)), f"measured:{name}"
+    return measure_matmul_peak(device), f"measured:cpu x{torch.get_num_threads()} threads"
+
+
+def train_flops_per_token(model_config, seq_len: int) -> float:
+    from model.info import model_info
+
+    info = model_info(model_config, seq_len=seq_len)
+    return info.train_flops_per_token + info.mtp_train_flops_per_token
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

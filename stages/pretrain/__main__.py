@@ -1,0 +1,3 @@
+from pipeline.cli import stage_main
+
+stage_main("pretrain")
