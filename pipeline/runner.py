@@ -8,6 +8,7 @@ run that produced the output).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -289,7 +290,11 @@ _GIT: str | None = None
 
 
 def git_commit() -> str:
+    """The code version for run tags. Under `ray job submit` the working dir arrives without
+    .git, so a submitter can pass it: ``--runtime-env-json '{"env_vars": {"WHALE_GIT_COMMIT": ...}}'``."""
     global _GIT
+    if _GIT is None and os.environ.get("WHALE_GIT_COMMIT"):
+        _GIT = os.environ["WHALE_GIT_COMMIT"]
     if _GIT is None:
         try:
             _GIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, text=True,

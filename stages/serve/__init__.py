@@ -17,6 +17,7 @@ STAGE = Stage(
     resources=Resources(cpus=0),
     code=("stages.serve", "model", "tokenizer"),
     key_metric="url",
+    headline=("tokens_per_s", "ttft_ms", "url"),
     # a deployment is a side effect outside the output folder: it must come back on every run
     always_run=True,
     # eval only orders it (it moves @champion); serve reads the registry, not eval's folder

@@ -17,6 +17,7 @@ STAGE = Stage(
     resources=Resources(cpus=0),
     code=("stages.tokenizer", "tokenizer"),
     key_metric="bytes_per_token",
+    headline=("bytes_per_token_web", "bytes_per_token_code", "vocab_size", "train_tokens"),
     description="byte-fallback BPE (sentencepiece) with chat/reasoning/FIM specials, HF export, "
                 "corpus tokenized into training shards on Ray",
 )
