@@ -4,7 +4,8 @@ After ``backward`` each rank holds gradients of *its* share of the loss. The tra
 rank's loss by its share of the global batch (tokens / global tokens), so the global gradient is
 the plain **sum** over ranks:
 
-- dense parameters (replicated everywhere): all-reduce over every rank;
+- dense parameters (replicated on the dp x ep ranks of a pipeline stage; everywhere without
+  pipelining): all-reduce over the stage's ranks;
 - routed experts (sharded over ``ep``, replicated ``dp`` times): all-reduce over the ``dp``
   replicas of the same experts; tokens from the other ep ranks already reached them through the
   all-to-all's backward.
@@ -13,11 +14,15 @@ Gradients go in flat buckets (one collective per ~``bucket_mb``, not one per ten
 fixed cost per call). A parameter that got no gradient on this rank (an expert no token chose)
 contributes zeros, so every rank sends buckets of the same shape.
 
-The global gradient norm counts every parameter once: dense norms are already identical on all
-ranks; expert norms are summed over the expert-parallel group.
+The global gradient norm counts every parameter once: dense norms are already identical on the
+ranks of a stage; expert norms are summed over the expert-parallel group; with pipelining the
+stages' squared norms are summed over the pipeline.
 
 This is DDP's arithmetic without DDP's wrapper: DDP reduces every parameter over one group, and
-experts need another. (ZeRO and FSDP2 would replace this class; see issue 10.)
+experts need another. ZeRO-1 (:mod:`model.parallel.zero`) keeps this reduction and shards the
+optimizer states. Under ZeRO-3 (:mod:`model.parallel.fsdp`, ``dense_sharded=True``) FSDP2 has
+already reduce-scattered the dense gradients into shards: only the experts are reduced here, and
+the dense squared norm is summed over the shards' ranks.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import math
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from model.parallel.groups import ParallelGroups
 
@@ -35,9 +41,16 @@ def is_routed_expert(name: str) -> bool:
     return ".experts." in f".{name}"
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A ZeRO-3 shard's local piece (a view), any other tensor as it is."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 class GradientReducer:
-    def __init__(self, model: nn.Module, groups: ParallelGroups, bucket_mb: float = 32.0):
+    def __init__(self, model: nn.Module, groups: ParallelGroups, bucket_mb: float = 32.0, *,
+                 dense_sharded: bool = False):
         self.groups = groups
+        self.dense_sharded = dense_sharded   # ZeRO-3: dense grads are FSDP2 shards, already summed
         self.bucket_bytes = int(bucket_mb * 2**20)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.dense = [p for n, p in named if not is_routed_expert(n)]
@@ -50,9 +63,9 @@ class GradientReducer:
     @torch.no_grad()
     def reduce(self) -> None:
         """Sum gradients across ranks: dense over the world, experts over their replicas."""
-        for params, over, size in ((self.dense, "world", self.groups.world_size),
+        for params, over, size in ((self.dense, "stage", self.groups.layout.stage_size),
                                    (self.experts, "expert_dp", self.groups.layout.dp)):
-            if size > 1:
+            if size > 1 and not (over == "stage" and self.dense_sharded):
                 for bucket in self._buckets(params):
                     self._reduce_bucket(bucket, over)
 
@@ -85,14 +98,18 @@ class GradientReducer:
     def grad_norm(self) -> torch.Tensor:
         """The L2 norm of the whole model's gradient (call after :meth:`reduce`)."""
         def sq(params: list[nn.Parameter]) -> torch.Tensor:
-            grads = [p.grad for p in params if p.grad is not None]
+            grads = [_local(p.grad) for p in params if p.grad is not None]
             if not grads:
                 return torch.zeros((), dtype=torch.float32, device=self._device())
             return torch.stack([n.float() for n in torch._foreach_norm(grads)]).pow(2).sum()
 
         expert_sq = sq(self.experts)
         self.groups.all_reduce_(expert_sq, over="ep")
-        return (sq(self.dense) + expert_sq).sqrt()
+        dense_sq = sq(self.dense)
+        if self.dense_sharded:   # each rank holds a disjoint piece of every dense gradient
+            self.groups.all_reduce_(dense_sq, over="stage")
+        total = self.groups.all_reduce_(dense_sq + expert_sq, over="pp")   # no-op without pipelining
+        return total.sqrt()
 
     @torch.no_grad()
     def clip_grad_norm_(self, max_norm: float | None) -> float:
@@ -101,7 +118,7 @@ class GradientReducer:
         norm = self.grad_norm()
         total = float(norm)
         if max_norm is not None and math.isfinite(total) and total > max_norm:
-            grads = [p.grad for p in self.parameters if p.grad is not None]
+            grads = [_local(p.grad) for p in self.parameters if p.grad is not None]
             torch._foreach_mul_(grads, max_norm / (total + 1e-6))
         return total
 

@@ -1,10 +1,11 @@
-"""Process groups of a (dp, ep) layout, built from a DeviceMesh.
+"""Process groups of a (pp, dp, ep) layout, built from a DeviceMesh.
 
-The mesh has dims ``("dp", "ep")``: ``mesh["ep"]`` is this rank's expert-parallel group (it
-exchanges tokens with), ``mesh["dp"]`` the ranks that hold the same experts (expert gradients are
-reduced over it). Dense parameters are replicated on every rank and reduced over the whole world.
-A DeviceMesh is what FSDP2 and ``torch.distributed.pipelining`` take, so a later ``pp`` dimension
-slots in here.
+The mesh has dims ``("dp", "ep")``, or ``("pp", "dp", "ep")`` with pipeline parallelism:
+``mesh["ep"]`` is this rank's expert-parallel group (it exchanges tokens with), ``mesh["dp"]`` the
+ranks that hold the same experts (expert gradients are reduced over it), ``mesh["pp"]`` the ranks
+of this rank's pipeline (activations go p2p along it). Dense parameters are replicated on the
+``dp x ep`` ranks of a stage (``stage_group``; the whole world without pipelining) and reduced
+over them.
 
 A single process without ``torch.distributed`` is a valid 1x1 layout: every group is None and
 the collective helpers below do nothing.
@@ -27,10 +28,13 @@ class ParallelGroups:
     rank: int = 0
     dp_rank: int = 0
     ep_rank: int = 0
-    world: ProcessGroup | None = None       # every rank (dense gradients, metrics)
+    world: ProcessGroup | None = None       # every rank (metrics)
     ep_group: ProcessGroup | None = None    # token all-to-all
     expert_dp_group: ProcessGroup | None = None  # replicas of the same experts
     mesh: object | None = None              # torch.distributed.device_mesh.DeviceMesh
+    pp_rank: int = 0
+    pp_group: ProcessGroup | None = None    # this rank's pipeline (p2p activations)
+    stage_group: ProcessGroup | None = None  # replicas of this pipeline stage (dense gradients); None: world
 
     @classmethod
     def single(cls) -> "ParallelGroups":
@@ -47,9 +51,11 @@ class ParallelGroups:
     # -- collectives that are no-ops on one rank ---------------------------------------------
     def all_reduce_(self, t: torch.Tensor, op=dist.ReduceOp.SUM, group: ProcessGroup | None = None,
                     *, over: str = "world") -> torch.Tensor:
-        """In-place all-reduce over ``over`` ("world", "ep" or "expert_dp"), or ``group``."""
-        group = group or {"world": self.world, "ep": self.ep_group, "expert_dp": self.expert_dp_group}[over]
-        size = {"world": self.world_size, "ep": self.layout.ep, "expert_dp": self.layout.dp}[over]
+        """In-place all-reduce over ``over`` ("world", "stage", "pp", "ep" or "expert_dp"), or ``group``."""
+        group = group or {"world": self.world, "stage": self.stage_group or self.world, "pp": self.pp_group,
+                          "ep": self.ep_group, "expert_dp": self.expert_dp_group}[over]
+        size = {"world": self.world_size, "stage": self.layout.stage_size, "pp": self.layout.pp,
+                "ep": self.layout.ep, "expert_dp": self.layout.dp}[over]
         if size > 1:
             dist.all_reduce(t, op=op, group=group)
         return t
@@ -75,9 +81,20 @@ def init_parallel(layout: ParallelLayout, device_type: str = "cpu") -> ParallelG
         raise ValueError(f"torch.distributed has {world} ranks but the layout is {layout.describe()}")
     from torch.distributed.device_mesh import init_device_mesh
 
-    mesh = init_device_mesh(device_type, (layout.dp, layout.ep), mesh_dim_names=("dp", "ep"))
     rank = dist.get_rank()
-    dp_rank, ep_rank = layout.coords(rank)
-    return ParallelGroups(layout, rank=rank, dp_rank=dp_rank, ep_rank=ep_rank,
-                          world=dist.group.WORLD, ep_group=mesh["ep"].get_group(),
-                          expert_dp_group=mesh["dp"].get_group(), mesh=mesh)
+    pp_rank, dp_rank, ep_rank = layout.coords3(rank)
+    if layout.pp == 1:   # exactly the (dp, ep) mesh of a layout without pipelining
+        mesh = init_device_mesh(device_type, (layout.dp, layout.ep), mesh_dim_names=("dp", "ep"))
+        return ParallelGroups(layout, rank=rank, dp_rank=dp_rank, ep_rank=ep_rank,
+                              world=dist.group.WORLD, ep_group=mesh["ep"].get_group(),
+                              expert_dp_group=mesh["dp"].get_group(), mesh=mesh)
+    mesh = init_device_mesh(device_type, (layout.pp, layout.dp, layout.ep), mesh_dim_names=("pp", "dp", "ep"))
+    # the dp x ep ranks of each stage; every rank creates every group, in the same order
+    stage_group = None
+    for p in range(layout.pp):
+        g = dist.new_group(list(range(p * layout.stage_size, (p + 1) * layout.stage_size)))
+        if p == pp_rank:
+            stage_group = g
+    return ParallelGroups(layout, rank=rank, dp_rank=dp_rank, ep_rank=ep_rank, world=dist.group.WORLD,
+                          ep_group=mesh["ep"].get_group(), expert_dp_group=mesh["dp"].get_group(), mesh=mesh,
+                          pp_rank=pp_rank, pp_group=mesh["pp"].get_group(), stage_group=stage_group)

@@ -18,6 +18,7 @@ STAGE = Stage(
     resources=Resources(cpus=0),
     code=("stages.pretrain", "stages.common.training", "model", "tokenizer"),
     key_metric="val_bpb",
+    headline=("val_bpb", "unigram_bpb", "tokens_per_s", "mfu"),
     description="MoE pretraining on Ray Train (DP x EP, BF16/FP8), checkpoints + fault tolerance, "
                 "val bits/byte vs a unigram baseline, HF export registered as `base`",
 )

@@ -34,7 +34,7 @@ def run(cfg: PretrainConfig, ctx: StageContext) -> dict[str, float | int | str]:
 
     t_start = time.perf_counter()
     train = cfg.train
-    world = train.parallel.world_size
+    world = train.parallel.data_parallel_size   # ways the batch is split (pipeline stages share data)
     seed = ctx.seed if train.seed is None else train.seed
 
     # -- inputs: everything that can be wrong, before any compute -------------------------------
@@ -53,7 +53,7 @@ def run(cfg: PretrainConfig, ctx: StageContext) -> dict[str, float | int | str]:
     reader = ShardReader(shards, "train", train.seq_len - 1, mix=cfg.data.mix, seed=seed, rank=0, world_size=world)
     if len(reader) < train.micro_batch_size:
         raise ShardError(f"the training split has {len(reader) * world} windows of {train.seq_len} tokens: fewer "
-                         f"than one micro-batch ({train.micro_batch_size}) per rank for {world} rank(s)")
+                         f"than one micro-batch ({train.micro_batch_size}) per data-parallel rank for {world} rank(s)")
     epochs = train.steps * train.batch_size / (len(reader) * world)
     sources = []
     for source in sorted(manifest["splits"]["validation"]["sources"]):

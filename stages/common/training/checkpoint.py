@@ -8,10 +8,15 @@ One checkpoint is one directory; every rank writes only its own files into it:
     ranks/rank-00003.pt            this rank's data position and RNG state
     complete/rank-00003            written last: this rank's part is whole
 
-Ownership: dense tensors (replicated on every rank) are written by rank 0; routed experts by the
-first replica of each expert-parallel rank (dp_rank 0). Loading reads every file's index and takes
-the names the loading rank holds, so a checkpoint saved with ep=2 loads with ep=1 (or into a
-full model for export) and back.
+Ownership: dense tensors (replicated on the dp x ep ranks of a pipeline stage) are written by the
+first rank of their stage (rank 0 without pipelining); routed experts by the first replica of each
+expert-parallel rank (dp_rank 0). Optimizer states are written by the same owners, or under ZeRO-1
+by the one rank that keeps each parameter's state. Under ZeRO-3 (FSDP2) every rank gathers each
+sharded parameter and moment whole (``DTensor.full_tensor``) and the same owner writes it, so the
+files do not depend on the sharding; loading cuts the whole tensors back into this rank's shard.
+Loading reads every file's index and takes the names the loading rank holds (and, under ZeRO-1,
+the states it keeps), so a checkpoint saved with pp=2, ep=2, ZeRO-1 or ZeRO-3 loads with pp=1,
+ep=1, no ZeRO (or into a full model for export) and back.
 
 Atomicity comes from how the trainer hands the directory to Ray Train: each rank writes into a
 private temporary directory, ``ray.train.report`` copies it into the run's storage, and Ray
@@ -32,8 +37,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from model.parallel.data_parallel import is_routed_expert
+from model.parallel.fsdp import full_tensor, shard_like
 from model.parallel.groups import ParallelGroups
 
 FORMAT = "whale-train-checkpoint"
@@ -47,7 +54,9 @@ class CheckpointError(RuntimeError):
 
 def owns(name: str, groups: ParallelGroups) -> bool:
     """Whether this rank writes ``name`` (each tensor is written exactly once per checkpoint)."""
-    return groups.dp_rank == 0 if is_routed_expert(name) else groups.rank == 0
+    if is_routed_expert(name):
+        return groups.dp_rank == 0
+    return groups.dp_rank == 0 and groups.ep_rank == 0   # the first rank of its pipeline stage
 
 
 def _rank_file(rank: int) -> str:
@@ -63,14 +72,22 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, optimizer: torch
     for sub in ("model", "optim", "ranks", "complete"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     name = _rank_file(groups.rank)
-    tensors = {n: t.detach().to("cpu").contiguous().clone() for n, t in model.state_dict().items()
-               if owns(n, groups)}
+    tensors = {}
+    for n, t in model.state_dict().items():
+        t = full_tensor(t)   # ZeRO-3 shards: gathered whole (every rank, in the same order)
+        if owns(n, groups):
+            tensors[n] = t.detach().to("cpu").contiguous().clone()
     save_file(tensors, d / "model" / f"{name}.safetensors", metadata={"format": FORMAT})
     if midway is not None:
         midway()
     names = {id(p): n for n, p in model.named_parameters()}
-    optim_state = {names[id(p)]: {k: v.detach().to("cpu").clone() if torch.is_tensor(v) else v for k, v in s.items()}
-                   for p, s in optimizer.state.items() if owns(names[id(p)], groups)}
+    manages = getattr(optimizer, "manages", None)   # ZeRO-1: each state lives on one rank
+    optim_state = {}
+    for p, s in optimizer.state.items():   # the same order on every rank (the optimizer's groups)
+        s = {k: full_tensor(v) for k, v in s.items()}   # ZeRO-3: moments are shards like p
+        if (manages(p) if manages is not None else owns(names[id(p)], groups)):
+            optim_state[names[id(p)]] = {k: v.detach().to("cpu").clone() if torch.is_tensor(v) else v
+                                         for k, v in s.items()}
     torch.save(optim_state, d / "optim" / f"{name}.pt")
     torch.save(rank_state, d / "ranks" / f"{name}.pt")
     if meta is not None:
@@ -123,7 +140,7 @@ def load_checkpoint(directory: str | Path, *, model: nn.Module, optimizer: torch
         if t.shape != wanted[n].shape:
             raise CheckpointError(f"checkpoint tensor {n} has shape {tuple(t.shape)}, "
                                   f"the model {tuple(wanted[n].shape)}")
-    model.load_state_dict(found, strict=True)
+    model.load_state_dict({n: shard_like(t, wanted[n]) for n, t in found.items()}, strict=True)
 
     if optimizer is not None:
         saved: dict[str, dict] = {}
@@ -131,14 +148,25 @@ def load_checkpoint(directory: str | Path, *, model: nn.Module, optimizer: torch
             saved.update(torch.load(f, map_location="cpu", weights_only=True))
         # AdamW keeps `step` on the CPU unless it is fused/capturable
         step_on_device = bool(optimizer.defaults.get("fused") or optimizer.defaults.get("capturable"))
+        manages = getattr(optimizer, "manages", lambda p: True)
         for n, p in model.named_parameters():
-            if n in saved:
-                optimizer.state[p] = {k: v.to(p.device) if torch.is_tensor(v) and (k != "step" or step_on_device)
-                                      else v for k, v in saved[n].items()}
+            if n in saved and manages(p):
+                optimizer.state[p] = {k: _state_tensor(k, v, p, step_on_device) for k, v in saved[n].items()}
     rank_path = d / "ranks" / f"{_rank_file(groups.rank)}.pt"
-    same_layout = int(meta["world_size"]) == groups.world_size and rank_path.is_file()
+    layout = groups.layout
+    saved_layout = {"pp": 1, **meta.get("layout", {})}
+    same_layout = (int(meta["world_size"]) == groups.world_size and rank_path.is_file()
+                   and {k: saved_layout.get(k) for k in ("pp", "dp", "ep")} == {"pp": layout.pp, "dp": layout.dp,
+                                                                                 "ep": layout.ep})
     rank_state = torch.load(rank_path, map_location="cpu", weights_only=True) if same_layout else None
     return meta, rank_state
+
+
+def _state_tensor(key: str, value: Any, p: torch.Tensor, step_on_device: bool) -> Any:
+    """A saved AdamW state entry placed like its parameter (moments of a ZeRO-3 shard: the same shard)."""
+    if not torch.is_tensor(value) or (key == "step" and not step_on_device):
+        return value
+    return shard_like(value, p) if key != "step" and isinstance(p, DTensor) else value.to(p.device)
 
 
 def load_model(directory: str | Path, device: torch.device | str = "cpu"):

@@ -8,12 +8,12 @@ are in :meth:`TrainerConfig.check_against`, which stages call once the model con
       steps: 300
       batch_size: 16            # sequences per optimizer step, all ranks and micro-batches together
       seq_len: 256
-      grad_accum: 1             # micro-batches per step; micro batch = batch_size / (workers x grad_accum)
+      grad_accum: 1             # micro-batches per step; micro batch = batch_size / (dp x ep x grad_accum)
       precision: bf16           # fp32 | bf16 | fp8 (FP32 master weights in every case)
       optimizer: {lr: 3.0e-3, betas: [0.9, 0.95], weight_decay: 0.1, grad_clip: 1.0}
       schedule: {kind: cosine, warmup_steps: 30, min_lr_ratio: 0.1}
       mtp_weight: {initial: 0.3, final: 0.1, switch_at: 0.7}
-      parallel: {dp: 1, ep: 1}
+      parallel: {pp: 1, dp: 1, ep: 1, schedule: 1f1b, microbatches: null, zero: 0, activation_checkpointing: null}
       checkpoint: {every: 100, keep: 2}
       eval: {every: 100, batches: 8}
 """
@@ -71,12 +71,31 @@ class MTPWeightConfig(_Strict):
 
 
 class ParallelConfig(_Strict):
-    """Workers = dp x ep (Ray Train workers, one process each). Every worker reads its own slice
-    of the batch; routed experts are split over ``ep`` ranks and replicated ``dp`` times."""
+    """Workers = pp x dp x ep (Ray Train workers, one process each).
 
+    Every pipeline (the ``pp`` ranks that share a ``(dp, ep)`` position) reads its own slice of
+    the batch; routed experts are split over ``ep`` ranks and replicated ``dp`` times inside each
+    pipeline stage. ``pp > 1`` splits the layers into stages (model/parallel/README.md has the
+    split rule) and runs ``microbatches`` micro-batches per step through ``schedule``."""
+
+    pp: int = Field(1, ge=1)
     dp: int = Field(1, ge=1)
     ep: int = Field(1, ge=1)
-    # when given, must equal dp x ep (a guard for configs written with a worker count in mind)
+    # pipeline schedule (torch.distributed.pipelining): 1f1b (one stage per rank), interleaved
+    # (interleaved 1F1B, `virtual_stages` stages per rank), dualpipev (DeepSeek's DualPipe, V
+    # variant: two stages per rank, the first and the last on rank 0)
+    schedule: Literal["1f1b", "interleaved", "dualpipev"] = "1f1b"
+    virtual_stages: int = Field(2, ge=2)   # stages per rank for `interleaved`
+    # micro-batches per optimizer step per pipeline; null: train.grad_accum. With pp > 1 the
+    # schedule needs at least as many micro-batches as stages (see check_schedule).
+    microbatches: int | None = Field(None, ge=1)
+    # 0: optimizer states replicated; 1: AdamW states (FP32 moments) sharded over the replicas of
+    # each parameter (ZeRO-1, DeepSeek-V3's choice); 3: dense parameters, gradients and states
+    # sharded over the dp x ep ranks with FSDP2 (pp 1 only; routed experts stay sharded by ep)
+    zero: Literal[0, 1, 3] = 0
+    # none | selective (recompute all but matmul/attention outputs) | full; null: train.activation_checkpointing
+    activation_checkpointing: Literal["none", "selective", "full"] | None = None
+    # when given, must equal pp x dp x ep (a guard for configs written with a worker count in mind)
     workers: int | None = Field(None, ge=1)
     # CPUs each worker reserves and uses as torch threads; null: the cluster's CPUs / workers
     # (2 cores, 2 workers -> 1 thread each: oversubscribed threads make small ops ~100x slower)
@@ -85,15 +104,68 @@ class ParallelConfig(_Strict):
     use_gpu: bool | None = None
 
     @model_validator(mode="after")
-    def _workers(self) -> "ParallelConfig":
-        if self.workers is not None and self.workers != self.dp * self.ep:
-            raise ValueError(f"parallel.workers ({self.workers}) must equal parallel.dp x parallel.ep "
-                             f"({self.dp} x {self.ep} = {self.dp * self.ep})")
+    def _layout(self) -> "ParallelConfig":
+        errors = []
+        if self.workers is not None and self.workers != self.world_size:
+            errors.append(f"parallel.workers ({self.workers}) must equal parallel.pp x parallel.dp x parallel.ep "
+                          f"({self.pp} x {self.dp} x {self.ep} = {self.world_size})")
+        if self.zero == 3 and self.pp > 1:
+            errors.append(f"parallel.zero: 3 (FSDP2 fully_shard) works without pipelining only (pp 1, got pp "
+                          f"{self.pp}): the pipeline schedule would have to drive FSDP's gather/reduce per stage "
+                          f"and micro-batch, which the trainer does not do; use zero: 1 with pp > 1 "
+                          f"(DeepSeek-V3's layout)")
+        if errors:
+            raise ValueError("; ".join(errors))
         return self
 
     @property
     def world_size(self) -> int:
+        return self.pp * self.dp * self.ep
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Ways the batch is split: dp x ep (the pp ranks of a pipeline read the same data)."""
         return self.dp * self.ep
+
+    @property
+    def num_stages(self) -> int:
+        from model.parallel.layout import stages_per_rank
+
+        return self.pp * stages_per_rank(self.schedule, self.virtual_stages) if self.pp > 1 else 1
+
+    def check_schedule(self, microbatches: int) -> list[str]:
+        """What torch.distributed.pipelining's schedules require of the micro-batch count."""
+        if self.pp == 1:
+            return []
+        m, stages = microbatches, self.num_stages
+        if self.schedule == "1f1b" and m < self.pp:
+            return [f"schedule 1f1b with pp {self.pp} needs at least {self.pp} micro-batches per step, got {m} "
+                    f"(set parallel.microbatches)"]
+        if self.schedule == "dualpipev" and m < stages:
+            return [f"schedule dualpipev with pp {self.pp} runs {stages} stages and needs at least {stages} "
+                    f"micro-batches per step, got {m} (set parallel.microbatches)"]
+        if self.schedule == "interleaved":
+            rounds = max(1, m // self.pp)
+            if m % rounds:
+                return [f"schedule interleaved needs micro-batches ({m}) to be a multiple of the rounds "
+                        f"max(1, microbatches // pp) = {rounds}; use a multiple of pp ({self.pp})"]
+        return []
+
+    def check_model(self, num_hidden_layers: int, mtp_layers: int, n_routed_experts: int) -> list[str]:
+        """Problems of this layout for a model shape (empty: fine)."""
+        errors = []
+        if n_routed_experts % self.ep:
+            errors.append(f"the model's n_routed_experts ({n_routed_experts}) must be divisible by "
+                          f"parallel.ep ({self.ep})")
+        if self.pp > 1:
+            from model.parallel.layout import split_layers
+
+            try:
+                split_layers(num_hidden_layers, mtp_layers, self.num_stages)
+            except ValueError as e:
+                errors.append(f"pipeline split ({self.pp} ranks x {self.num_stages // self.pp} stage(s) with "
+                              f"schedule {self.schedule}): {e}")
+        return errors
 
 
 class CheckpointConfig(_Strict):
@@ -147,21 +219,44 @@ class TrainerConfig(_Strict):
     @model_validator(mode="after")
     def _shapes(self) -> "TrainerConfig":
         errors = []
-        per_step = self.parallel.world_size * self.grad_accum
-        if self.batch_size % per_step:
+        par = self.parallel
+        if par.microbatches is not None and self.grad_accum not in (1, par.microbatches):
+            errors.append(f"grad_accum ({self.grad_accum}) and parallel.microbatches ({par.microbatches}) both set "
+                          f"the micro-batches per step; set one of them")
+        per_step = par.data_parallel_size * self.num_microbatches
+        if self.batch_size % per_step and par.pp == 1 and par.microbatches is None:
             errors.append(f"batch_size ({self.batch_size}) must be divisible by workers x grad_accum "
-                          f"({self.parallel.world_size} x {self.grad_accum} = {per_step})")
+                          f"({par.world_size} x {self.grad_accum} = {per_step})")
+        elif self.batch_size % per_step:
+            errors.append(f"batch_size ({self.batch_size}) must be divisible by data-parallel ranks x micro-batches "
+                          f"(dp {par.dp} x ep {par.ep} x {self.num_microbatches} = {per_step}; the pp ranks of a "
+                          f"pipeline share the data)")
+        errors += par.check_schedule(self.num_microbatches)
+        if (par.activation_checkpointing is not None and self.activation_checkpointing != "none"
+                and par.activation_checkpointing != self.activation_checkpointing):
+            errors.append(f"activation_checkpointing ({self.activation_checkpointing}) and "
+                          f"parallel.activation_checkpointing ({par.activation_checkpointing}) disagree; set one")
         if self.schedule.warmup_steps >= self.steps and self.schedule.kind != "constant":
             errors.append(f"schedule.warmup_steps ({self.schedule.warmup_steps}) must be below steps ({self.steps})")
-        if self.fault.at_step is not None and self.fault.rank >= self.parallel.world_size:
-            errors.append(f"fault.rank ({self.fault.rank}) is not a rank of {self.parallel.world_size} workers")
+        if self.fault.at_step is not None and self.fault.rank >= par.world_size:
+            errors.append(f"fault.rank ({self.fault.rank}) is not a rank of {par.world_size} workers")
         if errors:
             raise ValueError("invalid train config: " + "; ".join(errors))
         return self
 
     @property
+    def num_microbatches(self) -> int:
+        """Micro-batches per optimizer step on each rank (gradient accumulation / pipeline depth)."""
+        return self.parallel.microbatches or self.grad_accum
+
+    @property
+    def checkpointing(self) -> str:
+        """The activation checkpointing mode in force."""
+        return self.parallel.activation_checkpointing or self.activation_checkpointing
+
+    @property
     def micro_batch_size(self) -> int:
-        return self.batch_size // (self.parallel.world_size * self.grad_accum)
+        return self.batch_size // (self.parallel.data_parallel_size * self.num_microbatches)
 
     @property
     def tokens_per_step(self) -> int:
@@ -169,10 +264,8 @@ class TrainerConfig(_Strict):
 
     def check_against(self, model: Any) -> list[str]:
         """Problems of this config for a ``model.ModelConfig`` (empty: fine)."""
-        errors = []
-        if model.n_routed_experts % self.parallel.ep:
-            errors.append(f"the model's n_routed_experts ({model.n_routed_experts}) must be divisible by "
-                          f"parallel.ep ({self.parallel.ep})")
+        errors = self.parallel.check_model(model.num_hidden_layers, model.num_nextn_predict_layers,
+                                           model.n_routed_experts)
         if self.seq_len > model.max_position_embeddings:
             errors.append(f"seq_len ({self.seq_len}) exceeds the model's max_position_embeddings "
                           f"({model.max_position_embeddings})")

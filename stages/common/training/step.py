@@ -10,7 +10,12 @@ are weighted by its share of the *global* count, then gradients are summed acros
 
 The counts are known before any forward (they depend only on labels, masks and segments), so
 one all-reduce of a few numbers gives the denominators and the loss needs no correction
-afterwards. Then: gradient all-reduce (sum) -> global-norm clip -> AdamW -> router-bias update
+afterwards. With pipeline parallelism (``pipeline=``, :class:`model.parallel.pipeline.Pipeline`)
+the same weighted terms are computed stage by stage inside a torch pipelining schedule: the
+denominators are summed over the ``dp x ep`` ranks of a stage (the ``pp`` ranks of a pipeline
+see the same micro-batches), the loss terms come from the last stage and every stage's MoE
+loads and balance terms are summed over the world. Then: gradient all-reduce (sum; under ZeRO-3
+FSDP2's reduce-scatter for the dense parameters) -> global-norm clip -> AdamW -> router-bias update
 from the loads of the whole global batch (all-reduced, so every rank applies the same update).
 
 Extra loss terms (:class:`LossTerm`, e.g. logit distillation to a teacher) see the main head's
@@ -30,9 +35,11 @@ from typing import Protocol
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from model.fp8 import precision_autocast
 from model.parallel.data_parallel import GradientReducer
+from model.parallel.fsdp import set_gradient_sync
 from model.parallel.groups import ParallelGroups
 from model.transformer import IGNORE_INDEX, next_token_targets
 
@@ -54,11 +61,17 @@ class LossTerm(Protocol):
 
 def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float,
                     eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW; matrices decay, vectors (norm weights) do not."""
+    """AdamW; matrices decay, vectors (norm weights) do not. Under ZeRO-3 the moments are shards
+    like their parameters (``torch.optim`` runs on DTensors as they are)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if any(isinstance(p, DTensor) for p in params):
+        # ZeRO-3: FSDP2 shards (DTensors) next to plain routed experts; a foreach kernel takes one kind
+        groups = [{**g, "params": [p for p in g["params"] if isinstance(p, DTensor) == sharded]}
+                  for g in groups for sharded in (True, False)]
+        groups = [g for g in groups if g["params"]]
     fused = params[0].is_cuda if params else False
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused, foreach=not fused)
 
@@ -112,13 +125,18 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, groups: ParallelGroups, *,
                  precision: str = "bf16", grad_clip: float | None = 1.0, bias_update_rate: float | None = None,
-                 device: torch.device | None = None, loss_terms: Sequence[tuple[str, float, Callable]] = ()):
+                 device: torch.device | None = None, loss_terms: Sequence[tuple[str, float, Callable]] = (),
+                 pipeline=None, reducer=None):
         self.model, self.optimizer, self.groups = model, optimizer, groups
         self.loss_terms = list(loss_terms)   # (name, weight, fn) of opened LossTerms
-        self.reducer = GradientReducer(model, groups)
+        if pipeline is not None and self.loss_terms:
+            raise ValueError("extra loss terms on the logits are not supported with pipeline parallelism "
+                             "(the logits live on the last stage only); use parallel.pp = 1")
+        self.pipeline = pipeline             # model.parallel.pipeline.Pipeline, or None
+        self.reducer = reducer or GradientReducer(model, groups)
         self.precision, self.grad_clip, self.bias_update_rate = precision, grad_clip, bias_update_rate
         self.device = device or next(model.parameters()).device
-        self.mtp_depth = len(model.mtp)
+        self.mtp_depth = model.config.num_nextn_predict_layers
 
     def __call__(self, micro_batches: list[dict[str, torch.Tensor]], lr: float, mtp_weight: float) -> StepStats:
         stats = self.accumulate_gradients(micro_batches, mtp_weight)
@@ -135,14 +153,19 @@ class TrainStep:
             local[D + 1] += mb["input_ids"].shape[0]
             local[D + 2] += mb["input_ids"].numel()
             local[D + 3] += batch_fingerprint(mb)
-        totals = self.groups.all_reduce_(local).tolist()
+        # summed over the ranks that read different data (the whole world without pipelining)
+        totals = self.groups.all_reduce_(local, over="stage").tolist()
         n_lm, n_mtp, n_seq = totals[0], totals[1:D + 1], totals[D + 1]
+        if self.pipeline is not None:
+            return self._accumulate_pipelined(micro_batches, mtp_weight, totals)
 
         n_layers, n_experts = len(self.model.moe_layer_ids), self.model.config.n_routed_experts
         loads = torch.zeros(n_layers, n_experts, dtype=torch.float64, device=self.device)
         # [lm, mtp (mean over depths), balance, dropped, *extra terms], each a global-batch share
         parts = torch.zeros(4 + len(self.loss_terms), dtype=torch.float64, device=self.device)
-        for mb in micro_batches:
+        for i, mb in enumerate(micro_batches):
+            # ZeRO-3: FSDP2 reduce-scatters once, after the last micro-batch's backward
+            set_gradient_sync(self.model, i == len(micro_batches) - 1)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in mb.items()}
             counts = target_counts(mb, D)
             with precision_autocast(self.precision, self.device.type):
@@ -173,6 +196,37 @@ class TrainStep:
         return StepStats(loss=parts[0] + mtp_weight * parts[1] + parts[2] + weighted, lm_loss=parts[0],
                          mtp_loss=parts[1], extra_losses=extra,
                          balance_loss=parts[2], mtp_weight=mtp_weight, target_tokens=int(n_lm),
+                         input_tokens=int(totals[D + 2]), expert_load=loads.cpu(), dropped_tokens=int(parts[3]),
+                         data_fingerprint=int(totals[D + 3]))
+
+    def _accumulate_pipelined(self, micro_batches: list[dict[str, torch.Tensor]], mtp_weight: float,
+                              totals: list[float]) -> StepStats:
+        from model.parallel.pipeline import StepTotals
+
+        D = self.mtp_depth
+        step_totals = StepTotals(n_lm=totals[0], n_mtp=totals[1:D + 1], n_seq=totals[D + 1], mtp_weight=mtp_weight)
+        staged = []
+        for mb in micro_batches:
+            row = {"input_ids": mb["input_ids"],
+                   "targets": next_token_targets(mb.get("labels", mb["input_ids"]), mb.get("loss_mask"),
+                                                 mb.get("segment_ids"))}
+            if "segment_ids" in mb:
+                row["segment_ids"] = mb["segment_ids"]
+            staged.append(row)
+        with precision_autocast(self.precision, self.device.type):
+            record = self.pipeline.train_step(staged, step_totals)
+        self.reducer.reduce()
+        ids = self.model.moe_layer_ids
+        loads = torch.zeros(len(ids), self.model.config.n_routed_experts, dtype=torch.float64, device=self.device)
+        for row, lid in enumerate(ids):
+            if lid in record.loads:
+                loads[row] = record.loads[lid].double().to(self.device)
+        parts = torch.tensor([record.lm, record.mtp, record.balance, record.dropped], dtype=torch.float64,
+                             device=self.device)
+        flat = self.groups.all_reduce_(torch.cat([loads.flatten(), parts]))
+        loads, parts = flat[:loads.numel()].view_as(loads), flat[loads.numel():].tolist()
+        return StepStats(loss=parts[0] + mtp_weight * parts[1] + parts[2], lm_loss=parts[0], mtp_loss=parts[1],
+                         balance_loss=parts[2], mtp_weight=mtp_weight, target_tokens=int(totals[0]),
                          input_tokens=int(totals[D + 2]), expert_load=loads.cpu(), dropped_tokens=int(parts[3]),
                          data_fingerprint=int(totals[D + 3]))
 

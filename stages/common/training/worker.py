@@ -1,7 +1,9 @@
 """The training function every Ray Train worker runs (``TorchTrainer(train_worker, ...)``).
 
-    layout groups -> model (seeded init or a HF folder) -> keep this rank's experts -> precision
-    -> AdamW -> resume from ray.train.get_checkpoint() -> loop:
+    layout groups -> model (seeded init or a HF folder) -> keep this rank's pipeline stages and
+    experts -> precision -> ZeRO-3: FSDP2 shards of the dense parameters -> AdamW (ZeRO-1:
+    sharded states) -> resume from
+    ray.train.get_checkpoint() -> loop:
          micro-batches from this rank's source -> TrainStep -> log (rank 0)
          -> evaluate every M steps -> checkpoint every N steps (ray.train.report)
 
@@ -83,7 +85,8 @@ class WorkerRun:
         self.rank, world = ctx.get_world_rank(), ctx.get_world_size()
         torch.set_num_threads(job.threads)
         self.device = _device(job)
-        self.layout = ParallelLayout(cfg.parallel.dp, cfg.parallel.ep)
+        par = cfg.parallel
+        self.layout = ParallelLayout(dp=par.dp, ep=par.ep, pp=par.pp)
         if world != self.layout.world_size:
             raise RuntimeError(f"Ray Train started {world} workers for layout {self.layout.describe()}")
         self.groups = init_parallel(self.layout, self.device.type)
@@ -91,16 +94,39 @@ class WorkerRun:
         self.log = _console(job.label, self.rank)
 
         self.model = _build_model(job, self.device)
+        self.pipeline = None
+        if par.pp > 1:   # keep this rank's stages (before anything that walks the modules)
+            from model.parallel.pipeline import Pipeline
+
+            self.pipeline = Pipeline(self.model, self.groups, schedule=par.schedule,
+                                     microbatches=cfg.num_microbatches, virtual_stages=par.virtual_stages,
+                                     device=self.device)
         shard_experts(self.model, self.groups)
         self.fp8_modules = prepare_model(self.model, cfg.precision)
         opt = cfg.optimizer
-        self.optimizer = build_optimizer(self.model, opt.lr, opt.betas, opt.weight_decay, opt.eps)
+        reducer = None
+        if par.zero == 1:
+            from model.parallel.zero import ZeroAdamW
+
+            self.optimizer = ZeroAdamW(self.model, self.groups, lr=opt.lr, betas=opt.betas,
+                                       weight_decay=opt.weight_decay, eps=opt.eps)
+        else:
+            if par.zero == 3:   # FSDP2: dense parameters become shards; AdamW's moments follow them
+                from model.parallel.data_parallel import GradientReducer
+                from model.parallel.fsdp import shard_dense_parameters
+
+                shard_dense_parameters(self.model, self.groups)
+                reducer = GradientReducer(self.model, self.groups, dense_sharded=True)
+            self.optimizer = build_optimizer(self.model, opt.lr, opt.betas, opt.weight_decay, opt.eps)
         terms = [(t.name, t.weight, t.open(self.device)) for t in job.loss_terms]
         self.train_step = TrainStep(self.model, self.optimizer, self.groups, precision=cfg.precision,
                                     grad_clip=opt.grad_clip, bias_update_rate=cfg.bias_update_rate, device=self.device,
-                                    loss_terms=terms)
-        self.source = job.train_data.open(self.rank, world, cfg.micro_batch_size, cfg.seq_len, job.seed)
-        self.eval_sets = (job.eval_data.open(self.rank, world, cfg.micro_batch_size, cfg.seq_len, cfg.eval.batches)
+                                    loss_terms=terms, pipeline=self.pipeline, reducer=reducer)
+        # the pp ranks of a pipeline read the same data: sources are opened per data-parallel rank
+        data_rank, data_world = self.layout.data_rank(self.rank), self.layout.stage_size
+        self.source = job.train_data.open(data_rank, data_world, cfg.micro_batch_size, cfg.seq_len, job.seed)
+        self.eval_sets = (job.eval_data.open(data_rank, data_world, cfg.micro_batch_size, cfg.seq_len,
+                                             cfg.eval.batches)
                           if job.eval_data is not None else {})
         token_bytes = job.eval_data.token_bytes() if job.eval_data is not None else None
         self.token_bytes = (torch.tensor(token_bytes, dtype=torch.int64, device=self.device)
@@ -119,7 +145,7 @@ class WorkerRun:
         last = min(cfg.steps, cfg.stop_after_step or cfg.steps)
         self.log(f"{self.layout.describe()}, {self.job.threads} thread(s)/worker on {self.device}, precision "
                  f"{cfg.precision}, steps {self.state.step + 1}..{last} of {cfg.steps}, micro-batch "
-                 f"{cfg.micro_batch_size}x{cfg.seq_len} x{cfg.grad_accum}, peak {self.peak / 1e12:.2f} TFLOP/s "
+                 f"{cfg.micro_batch_size}x{cfg.seq_len} x{cfg.num_microbatches}, peak {self.peak / 1e12:.2f} TFLOP/s "
                  f"({self.peak_source})")
         while self.state.step < last:
             step = self.state.step + 1
@@ -165,7 +191,7 @@ class WorkerRun:
     def step(self, step: int) -> dict[str, float]:
         cfg = self.job.config
         t0 = time.perf_counter()
-        micro = [self.source.next_batch() for _ in range(cfg.grad_accum)]
+        micro = [self.source.next_batch() for _ in range(cfg.num_microbatches)]
         if step == self.state.attempts[-1] + 1:   # the source's first batches: check its output once
             for mb in micro:
                 check_batch(mb, cfg.micro_batch_size, cfg.seq_len)
@@ -191,6 +217,9 @@ class WorkerRun:
                         **self.last_moe})
         if self.model.config.expert_capacity_factor is not None:
             metrics["moe/dropped_tokens"] = w.dropped
+        if self.pipeline is not None:   # rank 0's view of the pipeline (it holds stage 0)
+            metrics["perf/bubble"] = self.pipeline.last_bubble
+            metrics["perf/bubble_theory"] = self.pipeline.theoretical_bubble()
         self.tracker.log_metrics(metrics, step=step)
         self.log(f"step {step}/{last} loss {row['loss']:.4f} (lm {row['lm_loss']:.4f}) lr {row['lr']:.2e} "
                  f"|g| {row['grad_norm']:.2f} {tok_s:,.0f} tok/s mfu {100 * tok_s * mfu_of:.1f}% "
@@ -199,7 +228,7 @@ class WorkerRun:
 
     def evaluate(self, step: int) -> None:
         val = evaluate(self.model, self.eval_sets, self.groups, token_bytes=self.token_bytes,
-                       precision=self.job.config.precision, device=self.device)
+                       precision=self.job.config.precision, device=self.device, pipeline=self.pipeline)
         self.state.evals.append({"step": step, **val})
         self.tracker.log_metrics(val, step=step)
         self.log(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(val.items())))
@@ -214,7 +243,8 @@ class WorkerRun:
         meta = None
         if self.rank == 0:
             meta = {"step": step, "world_size": self.groups.world_size,
-                    "layout": {"dp": cfg.parallel.dp, "ep": cfg.parallel.ep},
+                    "layout": {"pp": cfg.parallel.pp, "dp": cfg.parallel.dp, "ep": cfg.parallel.ep,
+                               "zero": cfg.parallel.zero},
                     "model_config": self.model.config.to_hf_dict(), "trainer_state": state.to_dict(),
                     "data_state": self.source.state_dict()}
         save_checkpoint(directory, model=self.model, optimizer=self.optimizer, groups=self.groups,
@@ -244,7 +274,7 @@ def _build_model(job: TrainJob, device: torch.device) -> DeepSeekV3:
         model = DeepSeekV3(job.model_config)
     else:
         raise ValueError("TrainJob needs model_config or init_from")
-    model.config.activation_checkpointing = cfg.activation_checkpointing
+    model.config.activation_checkpointing = cfg.checkpointing
     return model.to(device).train()
 
 
