@@ -252,9 +252,18 @@ class Runner:
         console.print(f"Report card: {self.storage.uri('runs', parent.run_id, 'report.md')}")
 
     def _plots(self, run_id: str) -> list[str]:
+        """PNG artifacts of the run that produced a stage's output. A cached output may name a run
+        this tracking server does not hold (another server, a deleted run): then no plot links."""
+        from mlflow.exceptions import MlflowException
+
         found, frontier = [], [None]
         while frontier and len(found) < 20:
-            for item in self.client.list_artifacts(run_id, frontier.pop()):
+            try:
+                items = self.client.list_artifacts(run_id, frontier.pop())
+            except MlflowException as e:
+                console.print(f"[yellow]report card: no plots for run {run_id} ({str(e).splitlines()[0]})[/]")
+                return []
+            for item in items:
                 if item.is_dir:
                     frontier.append(item.path)
                 elif item.path.endswith(".png"):

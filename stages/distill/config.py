@@ -96,7 +96,8 @@ class EvaluationConfig(_Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(128, ge=1)              # rows per model.generate call
-    torch_threads: int | None = Field(None, ge=1)   # null: all the process may use
+    # 1: on 2 busy cores, two OpenMP threads per decode step run ~5x slower than one (spin-waits)
+    torch_threads: int | None = Field(1, ge=1)      # null: all the process may use
     table_rows: int = Field(32, ge=0)               # sample generations per model in the MLflow table
     math_timeout_s: float = Field(5.0, gt=0)
     code_wall_s: float = Field(10.0, gt=0)

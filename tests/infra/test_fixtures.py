@@ -15,8 +15,8 @@ import fsspec
 import httpx
 import pytest
 
-from tests.infra import manifests
 from tests.fixtures.services import free_port
+from tests.infra import manifests
 
 # -- S3 -----------------------------------------------------------------------------------------
 
