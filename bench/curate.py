@@ -1,7 +1,7 @@
 """Curate stage benchmark: throughput on the local corpus with 1 and 2 Ray workers, in one run.
 
-    python bench/curate.py                          # the tiny default's input (~8 MB prose, ~8 MB code)
-    python bench/curate.py --web-mb 3 --code-mb 3   # a smaller slice of the local Python install
+    python bench/curate.py                          # the tiny default's input (~13 MB prose, ~8 MB code)
+    python bench/curate.py --web-mb 3 --code-mb 3   # a smaller slice of the local environment
 
 Runs the whole stage on the same input with the same sharding (``tasks`` = 2), with one worker
 (tasks run one after the other) and with two (at once), in ABBA order (1, 2, 2, 1 workers with the
@@ -126,7 +126,7 @@ def main() -> None:
         "bench": "curate",
         "cpus": 2,
         "input": {"mb": runs["workers_2"]["mb_in"], "docs": runs["workers_2"]["docs_in"],
-                  "source": "local Python environment"},
+                  "source": "local environment (Python distributions, /usr/share/doc, /usr/share/info)"},
         # other processes on the machine share the 2 cores: read the timings against this
         "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "runs": runs,

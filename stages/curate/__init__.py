@@ -21,6 +21,7 @@ STAGE = Stage(
     resources=Resources(cpus=0),
     code=("stages.curate",),
     key_metric="kept_mb",
+    headline=("docs_in", "web_docs", "code_docs", "web_dedup_rate", "code_dedup_rate", "kept_mb"),
     description="web + code corpora: datatrove filters on Ray, fastText LID and quality "
                 "classifier, exact + MinHash dedup, conservation-checked accounting",
 )

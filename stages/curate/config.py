@@ -20,19 +20,25 @@ Branch = Literal["web", "code"]
 # -- sources ------------------------------------------------------------------------------------
 
 class LocalSource(StageConfig):
-    """Harvest the running Python environment (offline, always available).
+    """Harvest the software installed on this machine (offline, always available).
 
-    Prose for the web branch: installed distributions' long descriptions (METADATA), READMEs,
-    change logs, licence texts and docs shipped in packages. Code for the code branch: the
-    distributions' source files with a configured extension. Candidates are taken largest first
-    (filters cost per document, so larger documents give more text per second) until the caps.
+    Prose for the web branch: installed Python distributions' long descriptions (METADATA),
+    READMEs, change logs, licence texts and docs shipped in packages, plus the system's own
+    documentation folders (``doc_roots``: Debian's /usr/share/doc with READMEs, NEWS, change logs,
+    copyright files, Markdown and HTML manuals; GNU Info manuals), gzip-compressed or not. Code for
+    the code branch: the distributions' source files with a configured extension. Candidates are
+    taken until the caps, the kinds the filters keep most of first (see ``harvest.select_local``),
+    largest first within a kind (filters cost per document, so larger documents give more text
+    per second).
     """
 
     type: Literal["local"] = "local"
     web: bool = True
     code: bool = True
-    max_web_docs: int = Field(4000, ge=0)
-    max_web_bytes: int = Field(12_000_000, ge=0)
+    # folders that are missing on this machine (a slim container image) are skipped
+    doc_roots: list[str] = Field(default_factory=lambda: ["/usr/share/doc", "/usr/share/info"])
+    max_web_docs: int = Field(6000, ge=0)
+    max_web_bytes: int = Field(13_000_000, ge=0)
     max_code_docs: int = Field(4000, ge=0)
     max_code_bytes: int = Field(8_000_000, ge=0)
     # the size band of files worth harvesting: tiny files are mostly stubs; the biggest code files

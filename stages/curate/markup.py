@@ -1,11 +1,17 @@
-"""Markdown / reStructuredText to plain prose: the "extraction" step of the local documentation source.
+"""Markdown, reStructuredText, GNU Info and hard-wrapped text to plain prose: the "extraction" step
+of the local documentation source.
 
 Package READMEs and docs are the local analogue of web pages: the text a reader sees is wrapped
 in markup (badges, code blocks, tables, link syntax, heading underlines) that the web filters
 would otherwise count as symbols and junk lines. Trafilatura does this job for HTML; this module
-does it for the two markup languages Python packages ship. It is line-based and deliberately
-conservative: it drops blocks that are not prose (code, tables, directives, badges) and unwraps
-inline markup, and it never rewrites the words themselves.
+does it for the markup languages installed software ships. It is line-based and deliberately
+conservative: it drops blocks that are not prose (code, tables, directives, badges, Info node
+headers and menus) and unwraps inline markup, and it never rewrites the words themselves.
+
+Last, it joins hard-wrapped paragraphs into one line each (``reflow``). Text files are wrapped at
+~72-79 columns by their authors, and Markdown and reST renderers join a paragraph's lines into one;
+trafilatura's output, which the C4 and FineWeb line rules were tuned on, has one paragraph per line.
+Left wrapped, a licence or a manual fails "lines ending in punctuation" for the way it was typed.
 """
 
 from __future__ import annotations
@@ -39,6 +45,19 @@ _ADORNMENT = re.compile(r"^\s*([=\-~^\"'`#*+<>:._])\1{2,}\s*$")
 _SIMPLE_TABLE_RULE = re.compile(r"^\s*=+(\s+=+)+\s*$")
 _RST_DIRECTIVE = re.compile(r"^(\s*)\.\.\s+([\w:-]+)::")
 _RST_COMMENT = re.compile(r"^(\s*)\.\.(\s|$)")
+# GNU Info: a node starts after \x1f with a "File: x.info,  Node: ..." line; menus list "* Node::"
+_INFO_NODE_HEADER = re.compile(r"^File: \S+,\s+Node: ")
+_INFO_MENU = re.compile(r"^\* (Menu:|[^:\n]+::|[^:\n]+:\s+[^.\n]+\.)")
+# Info renders Texinfo's code, file, option and sample markup as ‘quotes’ (older makeinfo: `quotes'),
+# as Markdown renders `code`: the marks go, the words stay
+_INFO_QUOTED = re.compile(r"‘([^‘’\n]{1,200})’|`([^`'\n]{1,200})'|(?<![\w'])'([^'\s][^'\n]{0,100}?)'(?![\w'])")
+_INFO_XREF = re.compile(r"\*([Nn])ote\s+([^:]+?)::|\*([Nn])ote\s+([^:]+?):\s*\([^)]*\)[^.,]*[.,]"
+                        r"|\*([Nn])ote\s+([^:]+?):\s*[^.,:]+[.,]")
+# a line that starts a block of its own (a list item, a reST field) rather than continuing one
+_ITEM_START = re.compile(r"^\s*(?:[-*+•]\s+|\d{1,3}(?:\.\d{1,3})*[.)]\s+|\d{1,3}(?:\.\d{1,3})+\s+"
+                         r"|\([a-zA-Z0-9]{1,3}\)\s+|:[\w -]+:(\s+|$))")
+# columns of a table or a listing: a run of 3+ spaces (two after a full stop is a sentence gap) or a tab
+_COLUMN_GAP = re.compile(r"\S( {3,}|\t)\S")
 # directives whose body is prose a reader sees
 _PROSE_DIRECTIVES = {"note", "warning", "tip", "important", "hint", "caution", "attention",
                      "danger", "error", "admonition", "seealso", "versionadded", "versionchanged",
@@ -46,13 +65,18 @@ _PROSE_DIRECTIVES = {"note", "warning", "tip", "important", "hint", "caution", "
 
 
 def detect_format(name: str = "", content_type: str | None = None, text: str = "") -> str:
-    """'markdown', 'rst' or 'plain', from a METADATA content type, a file name, or the text."""
+    """'markdown', 'rst', 'html', 'info' or 'plain', from a METADATA content type, a file name, or
+    the text."""
     ct = (content_type or "").lower()
     name = name.lower()
     if "markdown" in ct or name.endswith((".md", ".markdown")):
         return "markdown"
     if "rst" in ct or name.endswith((".rst", ".rest")):
         return "rst"
+    if "html" in ct or name.endswith((".html", ".htm")):
+        return "html"
+    if re.search(r"\.info(-\d+)?$", name):
+        return "info"
     if "text/plain" in ct or name.endswith(".txt"):
         return "plain"
     # METADATA without a content type is reStructuredText by the core metadata spec's default,
@@ -65,11 +89,20 @@ def detect_format(name: str = "", content_type: str | None = None, text: str = "
 
 
 def to_plain_text(text: str, fmt: str) -> str:
-    """Strip ``fmt`` markup from ``text``; plain text only gets its whitespace normalised."""
+    """Strip ``fmt`` markup from ``text`` and join wrapped paragraphs.
+
+    ``fmt`` is 'markdown', 'rst', 'info', 'text' (a text file as its author typed it, hard-wrapped)
+    or 'plain' (text that is already one paragraph per line, such as a WET record: only its blank
+    lines are squeezed).
+    """
     if fmt == "markdown":
         lines = _markdown_blocks(text.splitlines())
     elif fmt == "rst":
         lines = _rst_blocks(text.splitlines())
+    elif fmt == "info":
+        lines = _info_blocks(text)
+    elif fmt == "text":  # a heading's underline or a rule: the heading stands alone
+        lines = ["" if _ADORNMENT.match(line) else line for line in text.splitlines()]
     else:
         lines = text.splitlines()
     out = []
@@ -78,14 +111,66 @@ def to_plain_text(text: str, fmt: str) -> str:
         if _BARE_URL_LINE.match(line):
             continue
         out.append(line)
+    if fmt != "plain":
+        out = reflow(out, rendered=fmt in ("markdown", "rst"))
     return _squeeze_blank_lines(out)
+
+
+def reflow(lines: list[str], rendered: bool) -> list[str]:
+    """Join each paragraph's wrapped lines into one line.
+
+    A line continues the paragraph above it when neither is blank, it does not start a list item
+    or field, it is indented like the paragraph's text (a list item's text column for its
+    continuation lines), and neither line is laid out in columns. In ``rendered`` formats (Markdown,
+    reST) that is the whole rule, as their renderers join soft line breaks. Typed text was wrapped
+    greedily, so a line was broken there only if the next word did not fit: the line above plus
+    the next word must reach the text's usual width. Lists of short entries (names, commit
+    subjects, addresses, commands) stay one entry per line.
+    """
+    lengths = sorted(len(ln.rstrip()) for ln in lines if ln.strip())
+    if not lengths:
+        return lines
+    width = 0.9 * max(40, lengths[int(0.9 * (len(lengths) - 1))])
+    out: list[str] = []
+    text_col = None  # the column the current paragraph's continuation lines start at
+    first_line = False  # the current paragraph has one line so far
+    prev = ""        # the current paragraph's last physical line
+    for line in lines:
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if out and text_col is not None and stripped and not _ITEM_START.match(line) \
+                and not _COLUMN_GAP.search(stripped) and not _COLUMN_GAP.search(prev.strip()):
+            # typed text may indent a paragraph's first line only ("   The manual ...")
+            aligned = indent == text_col or (not rendered and first_line and indent < text_col <= 8)
+            fits = rendered or len(prev.rstrip()) + 1 + len(stripped.split(None, 1)[0]) >= width
+            if aligned and fits:
+                out[-1] = out[-1].rstrip() + " " + stripped
+                prev, text_col, first_line = line, indent, False
+                continue
+        out.append(line)
+        prev = line
+        first_line = bool(stripped)
+        if not stripped:
+            text_col = None
+        else:
+            item = _ITEM_START.match(line)
+            text_col = item.end() if item else indent
+    return out
 
 
 def _markdown_blocks(lines: list[str]) -> list[str]:
     out: list[str] = []
     in_fence: str | None = None
+    in_comment = False  # an HTML comment over several lines (metadata blocks, notes to editors)
     prev_blank = True
     for line in lines:
+        if in_comment:
+            in_comment = "-->" not in line
+            continue
+        if line.lstrip().startswith("<!--") and "-->" not in line:
+            in_comment = True
+            out.append("")
+            continue
         fence = _FENCE.match(line)
         if in_fence:
             if fence and fence.group(1) == in_fence:
@@ -93,6 +178,7 @@ def _markdown_blocks(lines: list[str]) -> list[str]:
             continue
         if fence:
             in_fence = fence.group(1)
+            out.append("")  # a dropped block still ends the paragraph before it
             continue
         blank = not line.strip()
         # indented code block: 4+ spaces after a blank line, or continuing one
@@ -100,16 +186,23 @@ def _markdown_blocks(lines: list[str]) -> list[str]:
             out.append("\0code")
             prev_blank = False
             continue
-        if _MD_LINK_DEF.match(line) or _TABLE_ROW.match(line) or _MD_HRULE.match(line) \
-                or _ADORNMENT.match(line) or _looks_like_table(line):
+        if _MD_HRULE.match(line) or _ADORNMENT.match(line):  # a rule or a heading's underline
+            out.append("")
+            prev_blank = True
+            continue
+        if _MD_LINK_DEF.match(line) or _TABLE_ROW.match(line) or _looks_like_table(line):
+            out.append("")
             prev_blank = blank
             continue
-        line = _MD_HEADING.sub("", line)
+        if _MD_HEADING.match(line):  # a heading is a block of its own
+            out += ["", _MD_HEADING.sub("", line), ""]
+            prev_blank = True
+            continue
         line = re.sub(r"^\s{0,3}>\s?", "", line)  # blockquote marker
         line = _MD_BULLET.sub(r"\1- ", line)  # one bullet glyph, as HTML extractors emit
         out.append(line)
         prev_blank = blank
-    return [ln for ln in out if ln != "\0code"]
+    return ["" if ln == "\0code" else ln for ln in out]
 
 
 def _rst_blocks(lines: list[str]) -> list[str]:
@@ -141,8 +234,11 @@ def _rst_blocks(lines: list[str]) -> list[str]:
         if _RST_COMMENT.match(line):
             skip_indent = indent
             continue
-        if _ADORNMENT.match(line) or _TABLE_ROW.match(line) or _SIMPLE_TABLE_RULE.match(line) \
-                or _looks_like_table(line):
+        if _ADORNMENT.match(line):  # a title's over- or underline: the title stands alone
+            out.append("")
+            continue
+        if _TABLE_ROW.match(line) or _SIMPLE_TABLE_RULE.match(line) or _looks_like_table(line):
+            out.append("")
             continue
         if stripped.endswith("::"):
             literal_next = True
@@ -153,6 +249,40 @@ def _rst_blocks(lines: list[str]) -> list[str]:
                 continue
         out.append(line)
     return out
+
+
+def _info_blocks(text: str) -> list[str]:
+    """GNU Info's rendered Texinfo without its navigation: node headers, menus, the tag table."""
+    out: list[str] = []
+    for node in text.split("\x1f"):
+        body = node.lstrip("\n")
+        if body.startswith(("Tag Table:", "Indirect:", "End Tag Table", "Local Variables")):
+            continue
+        in_dir_entry = False
+        for line in body.splitlines():
+            # the "dir" index entry the installer adds to the top-level Info menu
+            if line.startswith(("START-INFO-DIR-ENTRY", "END-INFO-DIR-ENTRY")):
+                in_dir_entry = line.startswith("START")
+                continue
+            if in_dir_entry or line.startswith("INFO-DIR-SECTION"):
+                continue
+            if _INFO_NODE_HEADER.match(line) or _INFO_MENU.match(line):
+                continue
+            if _ADORNMENT.match(line):  # a heading's underline: the heading stands alone
+                out.append("")
+                continue
+            line = _INFO_XREF.sub(_info_xref_text, line)
+            out.append(_INFO_QUOTED.sub(lambda m: next(g for g in m.groups() if g is not None), line))
+        out.append("")
+    return out
+
+
+def _info_xref_text(m: re.Match) -> str:
+    # "*Note Node::" reads "see Node" in the printed manual ("See" where the sentence starts)
+    for i in (1, 3, 5):
+        if m.group(i):
+            return ("See " if m.group(i) == "N" else "see ") + m.group(i + 1)
+    return m.group(0)
 
 
 def _unwrap_inline(line: str, fmt: str) -> str:

@@ -273,15 +273,18 @@ class RawSample(PipelineStep):
     type = "🔬 - SAMPLE"
     name = "🎲 Raw sample"
 
-    def __init__(self, output_folder: DataFolderLike, k: int):
+    def __init__(self, output_folder: DataFolderLike, k: int, skip_path_prefixes: tuple[str, ...] = ()):
         super().__init__()
         self.output_folder = get_datafolder(output_folder)
         self.k = k
+        self.skip_path_prefixes = tuple(skip_path_prefixes)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         sample = AuditSample(self.k)
         for doc in data:
-            sample.offer("raw", Document(text=doc.text, id=doc.id))
+            path = str(doc.metadata.get("path") or "")
+            if not (self.skip_path_prefixes and path.startswith(self.skip_path_prefixes)):
+                sample.offer("raw", Document(text=doc.text, id=doc.id))
             yield doc
         with self.output_folder.open(f"{rank:05d}.jsonl", "wt") as f:
             for rec in sample.records():

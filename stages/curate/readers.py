@@ -11,6 +11,7 @@ import email.parser
 import gzip
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterator
 
@@ -72,14 +73,20 @@ class SourceReader(BaseReader):
     # -- the local environment ----------------------------------------------------------------------
     def _read_local(self, unit: dict) -> Iterator[Document | str]:
         path = unit["path"]
-        if unit["size"] > self.max_doc_bytes:
+        compressed = path.lower().endswith(".gz")
+        # a compressed file's listed size comes from its trailer, which a damaged file garbles:
+        # its size is checked on the bytes it actually holds
+        if unit["size"] > self.max_doc_bytes and not compressed:
             yield "too_large"
             return
         try:
-            with open(path, "rb") as f:
+            with (gzip.open if compressed else open)(path, "rb") as f:
                 raw = f.read(self.max_doc_bytes + 1)
-        except OSError:
-            yield "io_error"
+        except _STREAM_ERRORS:
+            yield "truncated_gzip" if compressed else "io_error"
+            return
+        if len(raw) > self.max_doc_bytes:  # a compressed file can hold more than its listed size
+            yield "too_large"
             return
         try:
             text = decode_text(raw)
@@ -92,8 +99,16 @@ class SourceReader(BaseReader):
             text, content_type = metadata_description(text)
             meta["format"] = detect_format(content_type=content_type, text=text)
         elif unit["role"] == "doc":
-            meta["format"] = detect_format(name=path, text=text)
+            meta["format"] = detect_format(name=path[:-3] if compressed else path, text=text)
+        if meta.get("format") == "plain":
+            meta["format"] = "text"  # a file as its author typed it: paragraphs hard-wrapped
         doc_id = f"{meta['source']}:{_short_path(path)}"
+        if meta.get("format") == "info":
+            # a manual is a book; its nodes are its pages, as an Info reader (or the HTML manual)
+            # shows them, and the filters judge pages: one shell example should not drop a book
+            for node, node_text in info_nodes(text):
+                yield Document(text=node_text, id=f"{doc_id}#{node}", metadata={**meta, "node": node})
+            return
         yield Document(text=text, id=doc_id, metadata=meta)
 
     # -- JSONL ----------------------------------------------------------------------------------------
@@ -257,6 +272,24 @@ def decode_text(raw: bytes, charset: str | None = None, allow_nul: bool = False)
         except ImportError:
             pass
     raise Unreadable("invalid_utf8")
+
+
+def info_nodes(text: str) -> Iterator[tuple[str, str]]:
+    """(node name, text) of each node of a GNU Info file; the file's preamble is node "Top-preamble".
+
+    The parts after ``\x1f`` that are no node (the tag table, an indirect table of split files) are
+    the format's index, not text, and are left out like a WARC file's request records."""
+    for i, part in enumerate(text.split("\x1f")):
+        body = part.lstrip("\n")
+        header, _, rest = body.partition("\n")
+        node = _INFO_NODE.search(header) if header.startswith("File:") else None
+        if node:
+            yield node.group(1).strip(), rest
+        elif i == 0 and body.strip():
+            yield "Top-preamble", body
+
+
+_INFO_NODE = re.compile(r"Node:\s*([^,\t]+)")
 
 
 def metadata_description(text: str) -> tuple[str, str | None]:

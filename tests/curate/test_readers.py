@@ -118,3 +118,50 @@ def test_shards_are_balanced_and_deterministic():
     loads = [sum(u["size"] for u in s) for s in a]
     assert abs(loads[0] - loads[1]) <= 10
     assert sorted(u["path"] for s in a for u in s) == sorted(u["path"] for u in units)
+
+
+def test_system_doc_folders_compressed_linked_and_split_manuals(tmp_path):
+    """/usr/share/doc-style folders: gzip files count their text's size, links are not followed,
+    Info manuals become one document per node, a damaged gzip is counted."""
+    from stages.curate.harvest import system_doc_candidates
+
+    root = tmp_path / "doc"
+    (root / "sed").mkdir(parents=True)
+    readme = ("Sed is a stream editor. " * 40).encode()
+    (root / "sed" / "README.gz").write_bytes(gzip.compress(readme))
+    (root / "sed" / "sed.info.gz").write_bytes(gzip.compress(
+        b"\x1f\nFile: sed.info,  Node: Top,  Next: Intro\n\nThe top.\n"
+        b"\x1f\nFile: sed.info,  Node: Intro,  Up: Top\n\nAn introduction.\n"))
+    (root / "sed" / "NEWS.gz").write_bytes(gzip.compress(readme)[:30])  # cut short
+    (root / "sed" / "logo.png").write_bytes(b"\x89PNG")                  # not a document
+    (root / "sed-doc").symlink_to(root / "sed")                         # Debian links doc folders
+    cands = system_doc_candidates([str(root), str(tmp_path / "absent")])
+    by_name = {Path(c.path).name: c for c in cands}
+    assert set(by_name) == {"README.gz", "sed.info.gz", "NEWS.gz"}
+    assert all(c.package == "sed" and c.system for c in cands)
+    assert by_name["README.gz"].size == len(readme)  # uncompressed bytes, from the gzip trailer
+    assert by_name["sed.info.gz"].is_manual and by_name["NEWS.gz"].is_record
+
+    units = [{"kind": "local", "path": c.path, "package": c.package, "role": c.role, "size": c.size}
+             for c in cands]
+    docs, unreadable, _ = read_all(units)
+    assert unreadable == {"truncated_gzip": 1}
+    by_id = {d.id.rsplit("/", 1)[-1]: d for d in docs}
+    assert by_id["README.gz"].text == readme.decode() and by_id["README.gz"].metadata["format"] == "text"
+    assert by_id["sed.info.gz#Intro"].text.strip() == "An introduction."
+    assert by_id["sed.info.gz#Top"].metadata["format"] == "info"
+
+
+def test_selection_prefers_what_the_filters_keep():
+    from stages.curate.harvest import Candidate, select_local
+
+    cands = [Candidate("/usr/share/doc/a/changelog.gz", "a", "doc", 5000, system=True),
+             Candidate("/usr/share/doc/b/guide.html", "b", "doc", 4000, system=True),
+             Candidate("/usr/share/info/big.info.gz", "big", "doc", 50_000, system=True),
+             Candidate("/venv/site-packages/x-1.dist-info/METADATA", "x", "metadata", 3000)]
+    picked, skipped = select_local(cands, max_docs=10, max_bytes=58_000, min_bytes=100, max_file_bytes=10_000,
+                                   package_share=1.0)
+    # Python first, then the Info manual (split into nodes: not bound by max_file_bytes), then docs;
+    # the change log no longer fits
+    assert [c.package for c in picked] == ["x", "big", "b"]
+    assert skipped == {"docs": 1, "bytes": 5000}

@@ -121,3 +121,18 @@ def test_filters_use_each_documents_language(cls):
     f = cls()
     run_filter(f, [doc(UDHR["ja"] * 5, id="ja", language="ja")])
     assert f.language == "ja"
+
+
+def test_html_paragraphs_as_a_browser_lays_them_out():
+    """Source line breaks and inline <code> do not split a paragraph; <pre> keeps its lines."""
+    html = ("<html><body><article><h1>fs</h1><p>The <code>node:fs</code> module enables interacting\n"
+            "with the file system in a way modeled on\nstandard POSIX functions. " + UDHR["en"] + "</p>"
+            "<pre>const fs = require('fs');\nfs.readFileSync(path);</pre>"
+            f"<p>{UDHR['en']}</p></article></body></html>")
+    kept, _ = run_filter(Extract(), [doc(html, id="h", format="html")])
+    text = kept[0].text
+    assert ("The node:fs module enables interacting with the file system in a way modeled on standard POSIX "
+            "functions.") in text
+    from stages.curate.web_filters import html_as_rendered
+
+    assert "<pre>const fs = require('fs');\nfs.readFileSync(path);</pre>" in html_as_rendered(html)
