@@ -16,13 +16,12 @@ problem id, sample index), so both models see the same seeds.
     format_issue/<why> counts of the first format problem per completion
 
 The answer after ``</think>`` alone is verified, by ``stages.common.verify`` (the verifiers the
-traces were filtered with). This mirrors the eval stage's reasoning suite, which distill may not
-import (stages do not import each other); the two should move to one module in stages/common.
+traces were filtered with); pass@k and the format check are ``stages.common.scoring``, shared
+with the eval stage's reasoning suite.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 
 from stages.common.problems import Problem, stable_hash
 from stages.common.sandbox import SandboxLimits
+from stages.common.scoring import pass_at_k, reasoning_span
 from stages.common.verify import Verdict, extract_answer, extract_code, verify
 from stages.distill.config import EvaluationConfig
 
@@ -50,29 +50,8 @@ def select_problems(problems: Sequence[Problem], limit: int | None) -> list[Prob
     return out
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """1 − C(n−c, k)/C(n, k), as a product (no overflowing binomials)."""
-    if not (0 <= c <= n and 1 <= k <= n):
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
 def row_seed(seed: int, problem_id: str, sample: int) -> int:
     return int(stable_hash([seed, problem_id, sample], 8), 16)
-
-
-def reasoning_span(tokens: Sequence[int], think_id: int, think_end_id: int) -> tuple[int, str | None]:
-    """(reasoning tokens, format issue or None) of generated ids."""
-    if not tokens or tokens[0] != think_id:
-        return 0, "no_reasoning"
-    if tokens.count(think_id) > 1 or tokens.count(think_end_id) > 1:
-        return 0, "multiple_reasoning"
-    if think_end_id not in tokens:
-        return len(tokens) - 1, "unclosed_reasoning"
-    n = tokens.index(think_end_id) - 1
-    return n, (None if n > 0 else "empty_reasoning")
 
 
 @dataclass

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from stages.common.sandbox import SandboxLimits
+from stages.common.scoring import mean_pass_at_k
 from stages.common.verify import Verdict, check_code, extract_code
 from stages.eval.config import HumanEvalSuite
 from stages.eval.generation import LoadedModel, decode, row_seed, sample_many
-from stages.eval.passk import mean_pass_at_k
 
 # Chen et al. 2021 §2.3: stop at "\nclass", "\ndef", "\n#", "\nif" or "\nprint"
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")

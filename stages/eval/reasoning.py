@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from stages.common.problems import Problem
 from stages.common.sandbox import SandboxLimits
+from stages.common.scoring import mean_pass_at_k, reasoning_span
 from stages.common.verify import Verdict, extract_answer, extract_code, verify
 from stages.eval.config import ReasoningSuite
 from stages.eval.generation import LoadedModel, Sample, decode, row_seed, sample_many
-from stages.eval.passk import mean_pass_at_k
 
 
 def select_problems(problems: Sequence[Problem], limit: int | None) -> list[Problem]:
@@ -51,18 +51,6 @@ class Graded:
     formatted: bool
     format_issue: str | None
     verdict: Verdict
-
-
-def reasoning_span(tokens: Sequence[int], think_id: int, think_end_id: int) -> tuple[int, str | None]:
-    """(tokens of reasoning, format issue or None) from the generated ids."""
-    if not tokens or tokens[0] != think_id:
-        return 0, "no_reasoning"
-    if tokens.count(think_id) > 1 or tokens.count(think_end_id) > 1:
-        return 0, "multiple_reasoning"
-    if think_end_id not in tokens:
-        return len(tokens) - 1, "unclosed_reasoning"
-    n = tokens.index(think_end_id) - 1
-    return n, (None if n > 0 else "empty_reasoning")
 
 
 def grade(lm: LoadedModel, problem: Problem, index: int, s: Sample,

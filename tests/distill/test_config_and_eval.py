@@ -7,9 +7,10 @@ import pytest
 from pydantic import ValidationError
 
 from stages.common.problems import ProblemsConfig, build_split
+from stages.common.scoring import pass_at_k, reasoning_span
 from stages.common.verify import Verdict
 from stages.distill.config import DistillConfig, EvaluationConfig
-from stages.distill.evaluate import Graded, grade_all, pass_at_k, reasoning_span, select_problems, summarize
+from stages.distill.evaluate import Graded, grade_all, select_problems, summarize
 from stages.distill.traces import decontaminate, split_validation
 from tests.distill.helpers import ARITHMETIC_ONLY, trace_rows, train_tokenizer
 

@@ -7,7 +7,7 @@ from math import comb
 
 import pytest
 
-from stages.eval.passk import mean_pass_at_k, pass_at_k
+from stages.common.scoring import mean_pass_at_k, pass_at_k
 
 
 @pytest.mark.parametrize("n,c,k", [(10, 1, 1), (10, 3, 5), (6, 0, 2), (6, 6, 6), (7, 2, 4), (5, 4, 2)])
