@@ -190,7 +190,11 @@ class Runner:
         opts = node.stage.resources.ray_options()
         task = ray.remote(_execute_remote).options(
             name=f"stage:{name}", max_retries=0, scheduling_strategy="SPREAD",
-            runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": self.tracking_uri}}, **opts)
+            runtime_env={"env_vars": {
+                "MLFLOW_TRACKING_URI": self.tracking_uri,
+                # what the stage's own Ray work (Ray Train's controller, Serve) inherits: Ray's state
+                # API otherwise guesses the cluster and fails when a machine runs two of them
+                "RAY_ADDRESS": ray.get_runtime_context().gcs_address}}, **opts)
         return task.remote(job)
 
     def _collect(self, ref, name: str, exp_id: str, started: float) -> StageResult:

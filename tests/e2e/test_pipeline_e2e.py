@@ -23,6 +23,9 @@ from mlflow import MlflowClient
 
 from tests.fixtures.services import ROOT, free_port
 
+# the whole pipeline runs inside the module fixture: past the suite's per-test default of 900 s
+pytestmark = pytest.mark.timeout(3600)
+
 STAGES = ["curate", "tokenizer", "pretrain", "distill", "eval", "serve"]
 NAME = "whale-e2e"
 # The tiny default with shorter training and evaluation, so the suite stays inside CI's budget
