@@ -30,7 +30,9 @@ STAGES = ["curate", "tokenizer", "pretrain", "distill", "eval", "serve"]
 NAME = "whale-e2e"
 # The tiny default with shorter training and evaluation, so the suite stays inside CI's budget
 # (the full default takes ~15 minutes on 2 cores). WHALE_E2E_FULL=1 runs configs/tiny.yaml as is.
-QUICK = ["pretrain.train.steps=80", "pretrain.train.eval.every=40", "pretrain.train.checkpoint.every=40",
+# One thread per training worker: the two-node cluster advertises 4 CPUs on a 2-core machine.
+QUICK = ["pretrain.train.parallel.cpus_per_worker=1", "distill.train.parallel.cpus_per_worker=1",
+         "pretrain.train.steps=80", "pretrain.train.eval.every=40", "pretrain.train.checkpoint.every=40",
          "distill.train.steps=20", "distill.problems.n_train=600", "distill.evaluation.max_problems=8",
          "eval.reasoning.max_problems=8", "eval.humaneval.max_problems=4", "eval.harness.limit=5"]
 
