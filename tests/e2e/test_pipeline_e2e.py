@@ -147,7 +147,7 @@ def _report_sections(report: str) -> dict[str, dict[str, float]]:
         if line.startswith("## "):
             current = line[3:].strip()
             sections[current] = {}
-        elif current and (m := re.fullmatch(r"- ([\w@./-]+): (-?[\d.]+(?:e[-+]?\d+)?)", line.strip())):
+        elif current and (m := re.fullmatch(r"- ([\w@./-]+): (-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)", line.strip())):
             sections[current][m.group(1)] = float(m.group(2))
-    sections.pop("Environment", None)
+    sections.pop("Environment", None)   # versions, not numbers
     return sections
