@@ -58,6 +58,14 @@ _EXPAND_JS = """((runId) => {
 _CHART_DRAWN_JS = """document.querySelectorAll('.js-plotly-plot .scatterlayer path.js-line').length"""
 
 
+# every scrollable box one screen further down: the metrics tab draws charts lazily, in view only
+_SCROLL_DOWN_JS = """(() => { window.scrollBy(0, 700);
+  for (const e of document.querySelectorAll('*')) {
+    const y = getComputedStyle(e).overflowY;
+    if ((y === 'auto' || y === 'scroll') && e.scrollHeight > e.clientHeight + 10) e.scrollTop += 700;
+  } return true; })()"""
+
+
 class MlflowUiError(AssertionError):
     """The MLflow UI does not show what the pipeline logged."""
 
@@ -107,7 +115,7 @@ def check_mlflow_ui(tracking_uri: str, experiment_name: str, stage_names: Iterab
 
         browser.open(f"{base}/#/experiments/{exp_id}/runs/{stage_runs[chart_stage].info.run_id}/model-metrics")
         claim = f"the Model metrics tab of stage run {chart_stage!r} draws a chart of {chart_metric!r}"
-        _wait_or_fail(browser, [chart_metric.rsplit("/", 1)[-1]], timeout, claim)
+        _scroll_until_text(browser, chart_metric.rsplit("/", 1)[-1], timeout, claim)
         try:
             browser.wait_for(_CHART_DRAWN_JS, timeout, what="a line chart is drawn")
         except BrowserError as e:
@@ -167,6 +175,19 @@ def _pick(children: dict, parent_id: str, stage_names: list[str]) -> dict:
         raise MlflowUiError(f"parent run {parent_id} has no child runs named {missing}; "
                             f"it has {sorted(children)}")
     return {n: children[n] for n in stage_names}
+
+
+def _scroll_until_text(browser: HeadlessChromium, text: str, timeout: float, claim: str) -> None:
+    """A run with many metrics has many chart sections; scroll until the wanted one is drawn."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            browser.wait_for_text([text], min(5.0, max(0.5, deadline - time.monotonic())))
+            return
+        except BrowserError as e:
+            if time.monotonic() >= deadline:
+                raise MlflowUiError(f"MLflow UI check failed: {claim}. {e}") from None
+            browser.evaluate(_SCROLL_DOWN_JS)
 
 
 def _chart_metric(client, stage_runs: dict, wanted: str | None) -> tuple[str, str]:
