@@ -202,7 +202,6 @@ class DeepSeekV3(GenerationMixin, nn.Module):
         predicts t_{i+k+1} (= targets[:, i+k]). Positions whose target lies past the sequence or
         in another document are ignored."""
         losses, stats = [], {}
-        T = input_ids.shape[1]
         h_prev = h
         for k, layer in enumerate(self.mtp, start=1):
             # t_{i+k}; the k wrapped-around tokens sit at the last positions, which nothing
@@ -212,13 +211,7 @@ class DeepSeekV3(GenerationMixin, nn.Module):
             if s is not None:
                 stats[layer.layer_idx] = s
             logits = self.lm_head(layer.shared_head.norm(h_prev))
-            tgt = torch.full_like(targets, IGNORE_INDEX)
-            if k < T:
-                tgt[:, :T - k] = targets[:, k:]
-                if segment_ids is not None:
-                    crosses = segment_ids[:, :T - k] != segment_ids[:, k:]
-                    tgt[:, :T - k] = tgt[:, :T - k].masked_fill(crosses, IGNORE_INDEX)
-            losses.append(cross_entropy(logits, tgt)[0])
+            losses.append(cross_entropy(logits, mtp_targets(targets, k, segment_ids))[0])
         return losses, stats
 
     def _collect_loads(self, stats: Mapping[int, MoEStats], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,3 +316,16 @@ def _save_matmuls_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     """Selective activation checkpointing: keep matmul and attention outputs, recompute the
     cheap element-wise ops (norms, SiLU, RoPE, gating) in the backward."""
     return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def mtp_targets(targets: torch.Tensor, k: int, segment_ids: torch.Tensor | None) -> torch.Tensor:
+    """Targets of MTP depth k: position i predicts t_{i+k+1} = targets[:, i+k], ignored past the
+    end of the sequence or across a document boundary."""
+    T = targets.shape[1]
+    tgt = torch.full_like(targets, IGNORE_INDEX)
+    if k < T:
+        tgt[:, :T - k] = targets[:, k:]
+        if segment_ids is not None:
+            crosses = segment_ids[:, :T - k] != segment_ids[:, k:]
+            tgt[:, :T - k] = tgt[:, :T - k].masked_fill(crosses, IGNORE_INDEX)
+    return tgt

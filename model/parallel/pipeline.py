@@ -41,7 +41,7 @@ from torch import nn
 
 from model.parallel.groups import ParallelGroups
 from model.parallel.layout import split_layers, stage_ranks, stages_per_rank
-from model.transformer import IGNORE_INDEX
+from model.transformer import IGNORE_INDEX, mtp_targets
 
 
 class _AddAuxLoss(torch.autograd.Function):
@@ -174,19 +174,6 @@ class StageModule(nn.Module):
             return []
         self.record.balance += float(stats.balance_loss.detach()) * batch * _share(self.totals.n_seq)
         return [stats.balance_loss]
-
-
-def mtp_targets(targets: torch.Tensor, k: int, segment_ids: torch.Tensor | None) -> torch.Tensor:
-    """Targets of MTP depth k: position i predicts t_{i+k+1} = targets[:, i+k], ignored past the
-    end of the sequence or across a document boundary (as ``DeepSeekV3.mtp_losses``)."""
-    T = targets.shape[1]
-    tgt = torch.full_like(targets, IGNORE_INDEX)
-    if k < T:
-        tgt[:, :T - k] = targets[:, k:]
-        if segment_ids is not None:
-            crosses = segment_ids[:, :T - k] != segment_ids[:, k:]
-            tgt[:, :T - k] = tgt[:, :T - k].masked_fill(crosses, IGNORE_INDEX)
-    return tgt
 
 
 def _ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -489,3 +489,23 @@ def verify_many(items: Sequence[tuple[Mapping | Any, str]], *, workers: int = 4,
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(lambda it: verify(it[0], it[1], **kw), items))
+
+
+def verify_distinct(answers: Mapping[tuple[str, str], Any], *, code_limits: SandboxLimits,
+                    math_timeout_s: float, workers: int) -> dict[tuple[str, str], Verdict]:
+    """Verify each distinct ``(problem id, answer) -> problem`` once, ``workers`` at a time: many
+    samples repeat an answer, and sandboxed code runs are the slow part. An empty answer is
+    ``no_answer``; problem data the verifier cannot use is an ``error`` verdict, not an exception."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(item) -> tuple[tuple[str, str], Verdict]:
+        key, problem = item
+        if not key[1].strip():
+            return key, Verdict(False, "no_answer")
+        try:
+            return key, verify(problem, key[1], code_limits=code_limits, math_timeout_s=math_timeout_s)
+        except (KeyError, ValueError, TypeError) as e:
+            return key, Verdict(False, "error", detail=str(e))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(pool.map(check, answers.items()))

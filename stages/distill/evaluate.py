@@ -25,13 +25,12 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from stages.common.problems import Problem, stable_hash
 from stages.common.sandbox import SandboxLimits
 from stages.common.scoring import pass_at_k, reasoning_span
-from stages.common.verify import Verdict, extract_answer, extract_code, verify
+from stages.common.verify import Verdict, extract_answer, extract_code, verify_distinct
 from stages.distill.config import EvaluationConfig
 
 
@@ -115,21 +114,9 @@ def grade_all(tokenizer, generated: Sequence[tuple[Problem, int, list[int], str]
             issue = "no_answer"
         parsed.append((p, i, reasoning, answer, n_reason, issue))
 
-    # each distinct (problem, answer) verified once: sandboxed code runs are the slow part
     limits = SandboxLimits(wall_s=cfg.code_wall_s, cpu_s=cfg.code_cpu_s, memory_mb=cfg.code_memory_mb)
-    distinct = {(p.id, answer): p for p, _, _, answer, _, _ in parsed}
-
-    def check(item) -> tuple[tuple[str, str], Verdict]:
-        (pid, answer), p = item
-        if not answer.strip():
-            return (pid, answer), Verdict(False, "no_answer")
-        try:
-            return (pid, answer), verify(p, answer, code_limits=limits, math_timeout_s=cfg.math_timeout_s)
-        except (KeyError, ValueError, TypeError) as e:   # problem data the verifier cannot use
-            return (pid, answer), Verdict(False, "error", detail=str(e))
-
-    with ThreadPoolExecutor(max_workers=cfg.verify_workers) as pool:
-        verdicts = dict(pool.map(check, distinct.items()))
+    verdicts = verify_distinct({(p.id, answer): p for p, _, _, answer, _, _ in parsed}, code_limits=limits,
+                               math_timeout_s=cfg.math_timeout_s, workers=cfg.verify_workers)
     return [Graded(p, i, reasoning, answer, n, issue, verdicts[(p.id, answer)])
             for p, i, reasoning, answer, n, issue in parsed]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from stages.common.problems import Problem
 from stages.common.sandbox import SandboxLimits
 from stages.common.scoring import mean_pass_at_k, reasoning_span
-from stages.common.verify import Verdict, extract_answer, extract_code, verify
+from stages.common.verify import Verdict, extract_answer, extract_code, verify_distinct
 from stages.eval.config import ReasoningSuite
 from stages.eval.generation import LoadedModel, Sample, decode, row_seed, sample_many
 
@@ -72,8 +72,6 @@ def grade(lm: LoadedModel, problem: Problem, index: int, s: Sample,
 
 def evaluate(lm: LoadedModel, problems: Sequence[Problem], cfg: ReasoningSuite, seed: int,
              log: Callable[[str], None]) -> tuple[dict[str, float], list[dict]]:
-    from concurrent.futures import ThreadPoolExecutor
-
     from tokenizer import split_reasoning
 
     tok = lm.tokenizer
@@ -91,18 +89,8 @@ def evaluate(lm: LoadedModel, problems: Sequence[Problem], cfg: ReasoningSuite, 
     # verify each distinct (problem, answer) once: sandboxed code runs are the slow part
     answers = {(p.id, split_reasoning(decode(lm, s.tokens))[1]): p for (p, _), s in zip(rows, samples, strict=True)}
     limits = SandboxLimits(wall_s=cfg.code_wall_s, cpu_s=cfg.code_cpu_s, memory_mb=cfg.code_memory_mb)
-
-    def check(item):
-        (pid, answer), p = item
-        if not answer.strip():
-            return (pid, answer), Verdict(False, "no_answer")
-        try:
-            return (pid, answer), verify(p, answer, code_limits=limits, math_timeout_s=cfg.math_timeout_s)
-        except (KeyError, ValueError, TypeError) as e:  # problem data the verifier cannot use
-            return (pid, answer), Verdict(False, "error", detail=str(e))
-
-    with ThreadPoolExecutor(max_workers=cfg.verify_workers) as pool:
-        verdicts = dict(pool.map(check, answers.items()))
+    verdicts = verify_distinct(answers, code_limits=limits, math_timeout_s=cfg.math_timeout_s,
+                               workers=cfg.verify_workers)
     graded = [grade(lm, p, i, s, verdicts) for (p, i), s in zip(rows, samples, strict=True)]
     return summarize(graded, cfg), [_record(g) for g in graded]
 
