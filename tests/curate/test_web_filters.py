@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from stages.curate.web_filters import (
@@ -121,6 +123,19 @@ def test_filters_use_each_documents_language(cls):
     f = cls()
     run_filter(f, [doc(UDHR["ja"] * 5, id="ja", language="ja")])
     assert f.language == "ja"
+
+
+def test_language_without_a_word_tokenizer_is_removed_with_a_reason():
+    """Welsh's datatrove tokenizer is stanza, which is not installed (and would download a model):
+    its documents are removed as no_word_tokenizer and counted per language, not crashed on."""
+    if importlib.util.find_spec("stanza"):
+        pytest.skip("stanza is installed here")
+    f = GopherRepetition()
+    welsh = "Genir pawb yn rhydd ac yn gydradd â'i gilydd mewn urddas a hawliau. " * 5
+    kept, removed = run_filter(f, [doc(welsh, id="cy", language="cy"),
+                                   doc(GOOD_EN, id="en", language="en")])
+    assert removed == {"cy": "no_word_tokenizer"} and [d.id for d in kept] == ["en"]
+    assert f.stats["no_word_tokenizer_cy"].total == 1
 
 
 def test_html_paragraphs_as_a_browser_lays_them_out():
