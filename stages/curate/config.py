@@ -25,7 +25,8 @@ class LocalSource(StageConfig):
     Prose for the web branch: installed Python distributions' long descriptions (METADATA),
     READMEs, change logs, licence texts and docs shipped in packages, plus the system's own
     documentation folders (``doc_roots``: Debian's /usr/share/doc with READMEs, NEWS, change logs,
-    copyright files, Markdown and HTML manuals; GNU Info manuals), gzip-compressed or not. Code for
+    copyright files, Markdown and HTML manuals; GNU Info manuals; man pages), gzip-compressed or
+    not. Code for
     the code branch: the distributions' source files with a configured extension. Candidates are
     taken until the caps, the kinds the filters keep most of first (see ``harvest.select_local``),
     largest first within a kind (filters cost per document, so larger documents give more text
@@ -36,9 +37,9 @@ class LocalSource(StageConfig):
     web: bool = True
     code: bool = True
     # folders that are missing on this machine (a slim container image) are skipped
-    doc_roots: list[str] = Field(default_factory=lambda: ["/usr/share/doc", "/usr/share/info"])
+    doc_roots: list[str] = Field(default_factory=lambda: ["/usr/share/doc", "/usr/share/info", "/usr/share/man"])
     max_web_docs: int = Field(6000, ge=0)
-    max_web_bytes: int = Field(13_000_000, ge=0)
+    max_web_bytes: int = Field(21_000_000, ge=0)
     max_code_docs: int = Field(4000, ge=0)
     max_code_bytes: int = Field(8_000_000, ge=0)
     # the size band of files worth harvesting: tiny files are mostly stubs; the biggest code files
@@ -46,6 +47,8 @@ class LocalSource(StageConfig):
     min_doc_bytes: int = Field(400, ge=0)
     max_web_file_bytes: int = Field(400_000, ge=1)
     max_code_file_bytes: int = Field(24_000, ge=1)
+    # the longest man pages are mostly option lists that fail Gopher's alphabetic-words rule whole
+    max_man_page_bytes: int = Field(50_000, ge=1)
     max_package_share: float = Field(0.1, gt=0, le=1,
                                      description="at most this share of a branch's byte cap from one "
                                                  "distribution, so one big package cannot fill it")

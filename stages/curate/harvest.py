@@ -25,6 +25,7 @@ from pathlib import Path
 import fsspec
 
 from stages.curate.config import CurateConfig, FileSource, LocalSource, TreeSource, WarcSource
+from stages.curate.markup import detect_format
 
 # prose a package ships for people to read
 _DOC_NAME = re.compile(
@@ -116,6 +117,10 @@ class Candidate:
         return bool(re.search(r"\.info(-\d+)?$", name, re.I))
 
     @property
+    def is_man_page(self) -> bool:
+        return is_man_page(self.path)
+
+    @property
     def is_record(self) -> bool:
         """A change log, licence or similar record (see ``select_local``)."""
         name = os.path.basename(self.path)
@@ -148,12 +153,13 @@ def local_candidates(branch: str, code_extensions: dict[str, str]) -> list[Candi
 
 
 def system_doc_candidates(roots: list[str]) -> list[Candidate]:
-    """Documentation files under system folders such as /usr/share/doc and /usr/share/info.
+    """Documentation files under system folders such as /usr/share/doc, /usr/share/info and
+    /usr/share/man (the English pages: ``man/man<section>/``, not ``man/<language>/``).
 
     The package is the first folder under the root (Debian's layout: /usr/share/doc/<package>/),
-    or the manual's name for files directly under it (``sed.info.gz`` -> ``sed``). Symbolic links
-    are not followed (Debian links a package's doc folder to its source package's), and a file
-    reached twice is listed once.
+    or, for a manual or a man page, its name up to the first separator (``sed.info.gz`` -> ``sed``,
+    ``git-rebase.1.gz`` -> ``git``). Symbolic links are not followed (Debian links a package's doc
+    folder to its source package's), and a file reached twice is listed once.
     """
     seen: set[str] = set()
     out: list[Candidate] = []
@@ -164,7 +170,8 @@ def system_doc_candidates(roots: list[str]) -> list[Candidate]:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
-                if os.path.islink(path) or not _is_system_doc(name):
+                man = is_man_page(path)
+                if os.path.islink(path) or not (man or _is_system_doc(name)):
                     continue
                 real = os.path.realpath(path)
                 if real in seen:
@@ -174,10 +181,15 @@ def system_doc_candidates(roots: list[str]) -> list[Candidate]:
                     continue
                 seen.add(real)
                 rel = os.path.relpath(path, root)
-                package = rel.split(os.sep, 1)[0] if os.sep in rel else re.split(r"[.-]", name, maxsplit=1)[0]
+                by_name = man or os.sep not in rel
+                package = re.split(r"[._-]", name, maxsplit=1)[0] if by_name else rel.split(os.sep, 1)[0]
                 out.append(Candidate(path, package, "doc", size, system=True))
     out.sort(key=lambda c: c.path)
     return out
+
+
+def is_man_page(path: str) -> bool:
+    return detect_format(name=path[:-3] if path.lower().endswith(".gz") else path) == "man"
 
 
 def _is_system_doc(name: str) -> bool:
@@ -218,19 +230,22 @@ def _role(rel: str, branch: str, code_extensions: dict[str, str]) -> str | None:
 
 
 def select_local(candidates: list[Candidate], max_docs: int, max_bytes: int, min_bytes: int,
-                 max_file_bytes: int, package_share: float) -> tuple[list[Candidate], dict]:
-    """Within [min_bytes, max_file_bytes], until the caps and at most ``package_share`` of the byte
-    cap per package, in this order: the Python distributions' files (their prose, and their
-    licences and change logs, many of them duplicates for the dedup to find), then the system's
-    GNU Info manuals, its other documents written to be read (HTML and Markdown manuals, READMEs,
-    docs), and last its records (change logs, copyright notices); largest first within each.
-    Info manuals are read one node per document, so ``max_file_bytes`` does not bound them.
+                 max_file_bytes: int, package_share: float,
+                 max_man_page_bytes: int | None = None) -> tuple[list[Candidate], dict]:
+    """Within [min_bytes, max_file_bytes] (``max_man_page_bytes`` for man pages), until the caps
+    and at most ``package_share`` of the byte cap per package, in this order: the Python
+    distributions' files (their prose, and their licences and change logs, many of them
+    duplicates for the dedup to find), then the system's GNU Info manuals, its man pages, its
+    other documents written to be read (HTML and Markdown manuals, READMEs, docs), and last its
+    records (change logs, copyright notices); largest first within each. Info manuals are read
+    one node per document, so ``max_file_bytes`` does not bound them.
 
     The order follows how much of each kind the stage keeps (measured on a Debian machine with
-    the default filters and dedup: Info manuals ~30% of their bytes, the Python prose ~5-10%,
-    other system docs 0-5%, HTML manuals ~1%, system change logs and copyright files ~0%), so the
-    caps spend the time budget where the text is. Returns (selected, counts of candidates left
-    out by the caps)."""
+    the default filters and dedup: Info manuals ~26% of their bytes, man pages of 2-50 KB ~20%
+    (larger ones 7-10%: one long option list fails a whole page), the Python prose ~5-10%, other
+    system docs 0-5%, HTML manuals ~1%, system change logs and copyright files ~0%), so the caps
+    spend the time budget where the text is. Returns (selected, counts of candidates left out by
+    the caps)."""
     per_package: dict[str, int] = defaultdict(int)
     selected: list[Candidate] = []
     total = 0
@@ -239,10 +254,15 @@ def select_local(candidates: list[Candidate], max_docs: int, max_bytes: int, min
     def rank(c: Candidate) -> int:
         if not c.system:
             return 0
-        return 1 if c.is_manual else 3 if c.is_record else 2
+        return 1 if c.is_manual else 2 if c.is_man_page else 4 if c.is_record else 3
+
+    def too_large(c: Candidate) -> bool:
+        if c.is_manual:
+            return False
+        return c.size > (max_man_page_bytes if c.is_man_page and max_man_page_bytes else max_file_bytes)
 
     for c in sorted(candidates, key=lambda c: (rank(c), -c.size, c.path)):
-        if c.size < min_bytes or (c.size > max_file_bytes and not c.is_manual):
+        if c.size < min_bytes or too_large(c):
             continue
         if (len(selected) < max_docs and total + c.size <= max_bytes
                 and per_package[c.package] + c.size <= package_cap):
@@ -264,7 +284,8 @@ def local_units(branch: str, source: LocalSource, code_extensions: dict[str, str
     selected, skipped = select_local(
         cands, source.max_web_docs if web else source.max_code_docs,
         source.max_web_bytes if web else source.max_code_bytes, source.min_doc_bytes,
-        source.max_web_file_bytes if web else source.max_code_file_bytes, source.max_package_share)
+        source.max_web_file_bytes if web else source.max_code_file_bytes, source.max_package_share,
+        source.max_man_page_bytes)
     units = [{"kind": "local", "path": c.path, "package": c.package, "role": c.role, "size": c.size}
              for c in selected]
     return units, skipped

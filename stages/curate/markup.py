@@ -1,5 +1,5 @@
-"""Markdown, reStructuredText, GNU Info and hard-wrapped text to plain prose: the "extraction" step
-of the local documentation source.
+"""Markdown, reStructuredText, GNU Info, man pages (roff) and hard-wrapped text to plain prose: the
+"extraction" step of the local documentation source.
 
 Package READMEs and docs are the local analogue of web pages: the text a reader sees is wrapped
 in markup (badges, code blocks, tables, link syntax, heading underlines) that the web filters
@@ -58,6 +58,8 @@ _ITEM_START = re.compile(r"^\s*(?:[-*+•]\s+|\d{1,3}(?:\.\d{1,3})*[.)]\s+|\d{1,
                          r"|\([a-zA-Z0-9]{1,3}\)\s+|:[\w -]+:(\s+|$))")
 # columns of a table or a listing: a run of 3+ spaces (two after a full stop is a sentence gap) or a tab
 _COLUMN_GAP = re.compile(r"\S( {3,}|\t)\S")
+# a man page in a section folder: /usr/share/man/man1/ls.1, .../man3/ssl.3ssl (gzip suffix removed)
+_MAN_PAGE_PATH = re.compile(r"(^|/)man/man\d\w*/[^/]+\.\d\w*$")
 # directives whose body is prose a reader sees
 _PROSE_DIRECTIVES = {"note", "warning", "tip", "important", "hint", "caution", "attention",
                      "danger", "error", "admonition", "seealso", "versionadded", "versionchanged",
@@ -65,9 +67,11 @@ _PROSE_DIRECTIVES = {"note", "warning", "tip", "important", "hint", "caution", "
 
 
 def detect_format(name: str = "", content_type: str | None = None, text: str = "") -> str:
-    """'markdown', 'rst', 'html', 'info' or 'plain', from a METADATA content type, a file name, or
-    the text."""
+    """'markdown', 'rst', 'html', 'info', 'man' or 'plain', from a METADATA content type, a file
+    name, or the text."""
     ct = (content_type or "").lower()
+    if _MAN_PAGE_PATH.search(name):
+        return "man"
     name = name.lower()
     if "markdown" in ct or name.endswith((".md", ".markdown")):
         return "markdown"
@@ -91,11 +95,13 @@ def detect_format(name: str = "", content_type: str | None = None, text: str = "
 def to_plain_text(text: str, fmt: str) -> str:
     """Strip ``fmt`` markup from ``text`` and join wrapped paragraphs.
 
-    ``fmt`` is 'markdown', 'rst', 'info', 'text' (a text file as its author typed it, hard-wrapped)
-    or 'plain' (text that is already one paragraph per line, such as a WET record: only its blank
-    lines are squeezed).
+    ``fmt`` is 'markdown', 'rst', 'info', 'man' (a man(7) page's roff source), 'text' (a text file
+    as its author typed it, hard-wrapped) or 'plain' (text that is already one paragraph per line,
+    such as a WET record: only its blank lines are squeezed).
     """
-    if fmt == "markdown":
+    if fmt == "man":
+        lines = _man_blocks(text)
+    elif fmt == "markdown":
         lines = _markdown_blocks(text.splitlines())
     elif fmt == "rst":
         lines = _rst_blocks(text.splitlines())
@@ -112,7 +118,7 @@ def to_plain_text(text: str, fmt: str) -> str:
             continue
         out.append(line)
     if fmt != "plain":
-        out = reflow(out, rendered=fmt in ("markdown", "rst"))
+        out = reflow(out, rendered=fmt in ("markdown", "rst", "man"))
     return _squeeze_blank_lines(out)
 
 
@@ -274,6 +280,109 @@ def _info_blocks(text: str) -> list[str]:
             line = _INFO_XREF.sub(_info_xref_text, line)
             out.append(_INFO_QUOTED.sub(lambda m: next(g for g in m.groups() if g is not None), line))
         out.append("")
+    return out
+
+
+# -- man pages: roff source as `man` lays it out -----------------------------------------------------
+# requests that end a paragraph; any other request is layout (spacing, fonts, registers) and goes
+_MAN_BREAKS = {"SH", "SS", "PP", "P", "LP", "TP", "TQ", "IP", "HP", "RS", "RE", "sp", "br", "bp", "ti", "in"}
+_MAN_FONT_JOINED = {"BR", "RB", "IR", "RI", "BI", "IB"}  # alternating fonts: arguments run together
+_MAN_FONT_SPACED = {"B", "I", "SM", "SB"}
+_MAN_SKIP_BLOCKS = {"nf": "fi", "EX": "EE", "TS": "TE", "EQ": "EN", "de": "..", "ig": ".."}  # code, tables
+_ROFF_ARGS = re.compile(r'"((?:[^"]|"")*)"|(\S+)')
+_ROFF_GLYPHS = {
+    "em": "—", "en": "–", "bu": "•", "aq": "'", "dq": '"', "lq": "“", "rq": "”", "oq": "‘", "cq": "’",
+    "co": "©", "rg": "®", "tm": "™", "hy": "-", "mi": "-", "pl": "+", "mu": "×", "di": "÷", "ti": "~",
+    "ha": "^", "rs": "\\", "at": "@", "sh": "#", "lB": "[", "rB": "]", "lC": "{", "rC": "}", "la": "⟨",
+    "ra": "⟩", ">=": "≥", "<=": "≤", "!=": "≠", "->": "→", "<-": "←", "de": "°", "ga": "`", "aa": "´",
+    "sc": "§", "dg": "†", "Aq": "'", "R": "®", "Tm": "™", "Lq": "“", "Rq": "”", "bv": "|", "ba": "|",
+    "or": "|", "fo": "«", "fc": "»", "Fo": "«", "Fc": "»", "ss": "ß", "'e": "é", "`e": "è", ":u": "ü",
+    ":o": "ö", ":a": "ä",
+}
+# escapes, in one alternation so each is read once, left to right
+_ROFF_ESCAPE = re.compile(
+    r'(?P<comment>\\"[^\n]*)'
+    r"|\\(?:\((?P<glyph2>[^\n]{2})|\[(?P<glyph>[^\]\n]*)\])"                       # \(em \[aq]
+    r"|\\\*(?:\((?P<string2>[^\n]{2})|\[(?P<string>[^\]\n]*)\]|(?P<string1>.))"  # \*(lq \*[R] \*R
+    r"|(?P<layout>\\[fFmgkn][+-]?(?:\([^\n]{2}|\[[^\]\n]*\]|.)"                 # fonts, colours, registers
+    r"|\\s(?:[+-]?\(?\d{1,2}|\[[^\]\n]*\]|'[^'\n]*')"                          # sizes
+    r"|\\[hvwlLoXZDNbRxYV]'[^'\n]*')"                                           # motions, widths, devices
+    r"|\\(?P<char>.)"
+)
+_ROFF_CHAR = {"-": "-", "e": "\\", "\\": "\\", ".": ".", " ": " ", "~": " ", "0": " ", "'": "´", "`": "`",
+              "t": "\t"}
+
+
+def _roff_escape(m: re.Match) -> str:
+    if m.group("char") is not None:
+        return _ROFF_CHAR.get(m.group("char"), "")  # \& \| \^ \% \c \{ \}: nothing
+    name = next((m.group(g) for g in ("glyph2", "glyph", "string2", "string", "string1") if m.group(g)), None)
+    return _ROFF_GLYPHS.get(name, "") if name else ""  # comments and layout: nothing
+
+
+def _roff_text(line: str) -> str:
+    return _ROFF_ESCAPE.sub(_roff_escape, line)
+
+
+def _roff_args(rest: str) -> list[str]:
+    return [m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2)
+            for m in _ROFF_ARGS.finditer(rest)]
+
+
+def _man_blocks(text: str) -> list[str]:
+    """A man(7) page as ``man`` shows it, without the layout: section headings as lines of their
+    own, paragraphs (filled text lines, which ``reflow`` joins), ``.TP`` tags on their own line,
+    bullets as list items. Preformatted blocks (synopses, examples), tables and equations go, as
+    code blocks do in Markdown. BSD mdoc pages are macro calls throughout and give nothing."""
+    if re.search(r"^\.Dd\b", text, re.M):
+        return []
+    out: list[str] = []
+    end_of_skip: str | None = None
+    tag_next = False
+    bullet = ""
+    for raw in text.splitlines():
+        if end_of_skip is not None:
+            if raw.lstrip(".'").split(" ", 1)[0].rstrip() == end_of_skip or (
+                    end_of_skip == ".." and raw.strip() == ".."):
+                end_of_skip = None
+            continue
+        if raw[:1] not in (".", "'"):
+            line = _roff_text(raw).rstrip()
+            if not line.strip():
+                out.append("")
+                continue
+            out.append(bullet + line)
+            bullet = ""
+            if tag_next:  # the tag of a .TP paragraph stands alone
+                out.append("")
+                tag_next = False
+            continue
+        name, _, rest = raw[1:].lstrip().partition(" ")
+        name = name.rstrip()
+        if name in _MAN_SKIP_BLOCKS:
+            end_of_skip = _MAN_SKIP_BLOCKS[name]
+            out.append("")
+        elif name in ("SH", "SS"):
+            heading = _roff_text(" ".join(_roff_args(rest))).strip()
+            out.extend(["", heading, ""] if heading else [""])
+        elif name in _MAN_BREAKS:
+            out.append("")
+            tag_next = name in ("TP", "TQ")
+            if name == "IP":
+                tag = _roff_text((_roff_args(rest) or [""])[0]).strip()
+                if tag in ("•", "-", "*", "o", "·"):
+                    bullet = "• "
+                elif tag:
+                    out.extend([tag, ""])
+        elif name in _MAN_FONT_SPACED or name in _MAN_FONT_JOINED:
+            joiner = "" if name in _MAN_FONT_JOINED else " "
+            line = _roff_text(joiner.join(_roff_args(rest))).rstrip()
+            if line:
+                out.append(bullet + line)
+                bullet = ""
+                if tag_next:
+                    out.append("")
+                    tag_next = False
     return out
 
 

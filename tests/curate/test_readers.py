@@ -12,6 +12,7 @@ import pytest
 
 from stages.curate.config import FileSource, TreeSource, WarcSource
 from stages.curate.harvest import file_units, shard_units, tree_units
+from stages.curate.markup import to_plain_text
 from stages.curate.readers import SourceReader
 from tests.curate.conftest import UDHR
 
@@ -135,7 +136,14 @@ def test_system_doc_folders_compressed_linked_and_split_manuals(tmp_path):
     (root / "sed" / "NEWS.gz").write_bytes(gzip.compress(readme)[:30])  # cut short
     (root / "sed" / "logo.png").write_bytes(b"\x89PNG")                  # not a document
     (root / "sed-doc").symlink_to(root / "sed")                         # Debian links doc folders
-    cands = system_doc_candidates([str(root), str(tmp_path / "absent")])
+    man = tmp_path / "man"
+    for folder in ("man1", "de/man1"):                                   # English pages only
+        (man / folder).mkdir(parents=True)
+        (man / folder / "sed.1.gz").write_bytes(gzip.compress(b".TH SED 1\n.SH NAME\nsed \\- stream editor\n"))
+    cands = system_doc_candidates([str(root), str(man), str(tmp_path / "absent")])
+    man_page = [c for c in cands if c.is_man_page]
+    assert [c.path for c in man_page] == [str(man / "man1" / "sed.1.gz")] and man_page[0].package == "sed"
+    cands = [c for c in cands if not c.is_man_page]
     by_name = {Path(c.path).name: c for c in cands}
     assert set(by_name) == {"README.gz", "sed.info.gz", "NEWS.gz"}
     assert all(c.package == "sed" and c.system for c in cands)
@@ -150,6 +158,9 @@ def test_system_doc_folders_compressed_linked_and_split_manuals(tmp_path):
     assert by_id["README.gz"].text == readme.decode() and by_id["README.gz"].metadata["format"] == "text"
     assert by_id["sed.info.gz#Intro"].text.strip() == "An introduction."
     assert by_id["sed.info.gz#Top"].metadata["format"] == "info"
+    docs, _, _ = read_all([{"kind": "local", "path": c.path, "package": c.package, "role": c.role, "size": c.size}
+                           for c in man_page])
+    assert docs[0].metadata["format"] == "man" and to_plain_text(docs[0].text, "man") == "NAME\n\nsed - stream editor"
 
 
 def test_selection_prefers_what_the_filters_keep():
@@ -157,11 +168,13 @@ def test_selection_prefers_what_the_filters_keep():
 
     cands = [Candidate("/usr/share/doc/a/changelog.gz", "a", "doc", 5000, system=True),
              Candidate("/usr/share/doc/b/guide.html", "b", "doc", 4000, system=True),
+             Candidate("/usr/share/man/man1/tar.1.gz", "tar", "doc", 3000, system=True),
+             Candidate("/usr/share/man/man1/bash.1.gz", "bash", "doc", 9000, system=True),  # over 8,000
              Candidate("/usr/share/info/big.info.gz", "big", "doc", 50_000, system=True),
              Candidate("/venv/site-packages/x-1.dist-info/METADATA", "x", "metadata", 3000)]
-    picked, skipped = select_local(cands, max_docs=10, max_bytes=58_000, min_bytes=100, max_file_bytes=10_000,
-                                   package_share=1.0)
-    # Python first, then the Info manual (split into nodes: not bound by max_file_bytes), then docs;
-    # the change log no longer fits
-    assert [c.package for c in picked] == ["x", "big", "b"]
+    picked, skipped = select_local(cands, max_docs=10, max_bytes=61_000, min_bytes=100, max_file_bytes=10_000,
+                                   package_share=1.0, max_man_page_bytes=8000)
+    # Python first, then the Info manual (split into nodes: not bound by max_file_bytes), man pages
+    # up to their own size bound, then docs; the change log no longer fits
+    assert [c.package for c in picked] == ["x", "big", "tar", "b"]
     assert skipped == {"docs": 1, "bytes": 5000}
