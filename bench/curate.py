@@ -1,6 +1,6 @@
 """Curate stage benchmark: throughput on the local corpus with 1 and 2 Ray workers, in one run.
 
-    python bench/curate.py                          # the tiny default's input (~13 MB prose, ~8 MB code)
+    python bench/curate.py                          # the tiny default's input (~21 MB prose, ~8 MB code)
     python bench/curate.py --web-mb 3 --code-mb 3   # a smaller slice of the local environment
 
 Runs the whole stage on the same input with the same sharding (``tasks`` = 2), with one worker
