@@ -5,7 +5,7 @@
       teacher: {kind: procedural, error_rate: 0.1}      # or openai | dataset | local (stages/distill/teachers)
       rejection: {samples_per_prompt: 2, keep_per_prompt: 1}
       sft: {packing: true, val_fraction: 0.05, warmup_fraction: 0.05}
-      train: {steps: 270, batch_size: 16, seq_len: 256, optimizer: {lr: 3.0e-3}, ...}   # the shared trainer
+      train: {steps: 240, batch_size: 16, seq_len: 256, optimizer: {lr: 3.0e-3}, ...}   # the shared trainer
       kd: {enabled: false, divergence: forward, weight: 0.5, temperature: 1.0}          # local teacher only
       evaluation: {max_problems: 64, samples: 4, pass_at: [1, 4], temperature: 0.6, max_new_tokens: 128}
 
@@ -40,9 +40,10 @@ TINY_PROBLEMS: dict[str, Any] = {
 # Traces are ~110 tokens, so 256-token rows lose little to packing; more optimizer steps beat
 # longer rows at the same token count: measured on the tiny base, 300 x 16 x 256 (1.2M tokens)
 # reaches held-out pass@1 0.06 (from 0.00; loss still falling), 100 x 16 x 256 only 0.004. The
-# default stops at 270 so that `make run` keeps a margin under its 15 minutes on 2 cores.
+# default stops at 240 so that `make run` keeps a margin under its 15 minutes on 2 cores (a
+# fresh 2-core machine took 15 min 8 s with 270).
 TINY_TRAIN: dict[str, Any] = {
-    "steps": 270, "batch_size": 16, "seq_len": 256, "precision": "bf16", "log_every": 10,
+    "steps": 240, "batch_size": 16, "seq_len": 256, "precision": "bf16", "log_every": 10,
     "parallel": {"dp": 1, "ep": 2},
     "optimizer": {"lr": 3e-3, "weight_decay": 0.0},
     "schedule": {"kind": "cosine", "min_lr_ratio": 0.1},
