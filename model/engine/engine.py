@@ -46,7 +46,10 @@ class ContextLengthExceeded(ValueError):
 
 class Engine:
     def __init__(self, model, config: EngineConfig | None = None, *,
-                 eos_token_ids: Sequence[int] | None = None):
+                 eos_token_ids: Sequence[int] | None = None, vocab_size: int | None = None):
+        """``vocab_size``: the tokenizer's vocabulary when the model's embedding is padded past it;
+        ids at or beyond it are never sampled (their logits are masked in the runner) nor accepted
+        in prompts. Default: the model's vocab_size."""
         self.config = config = config or EngineConfig()
         self.model = model.eval()
         mcfg = model.config
@@ -58,9 +61,11 @@ class Engine:
         self.num_slots = self._slots_for_memory(config, dtype)
         self.cache = model.new_kv_cache(self.num_slots, config.max_seq_len, dtype=dtype, with_mtp=self.use_mtp)
         self.scheduler = Scheduler(config, self.cache)
-        self.runner = ModelRunner(model, self.cache, config.mla_mode)
+        self.vocab_size = mcfg.vocab_size if vocab_size is None else vocab_size
+        if not 0 < self.vocab_size <= mcfg.vocab_size:
+            raise ValueError(f"vocab_size {self.vocab_size} must lie in (0, {mcfg.vocab_size}], the model's vocabulary")
+        self.runner = ModelRunner(model, self.cache, config.mla_mode, vocab_size=self.vocab_size)
         self.eos_token_ids = frozenset(mcfg.eos_token_ids if eos_token_ids is None else eos_token_ids)
-        self.vocab_size = mcfg.vocab_size
         self.stats = EngineStats()
         self.requests: dict[str, Request] = {}
         self._plan: StepPlan | None = None          # the step between schedule and postprocess

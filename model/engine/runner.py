@@ -26,8 +26,10 @@ from model.sampling import sample_tokens
 
 
 class ModelRunner:
-    def __init__(self, model, cache: LatentKVCache, mla_mode: str = "auto"):
+    def __init__(self, model, cache: LatentKVCache, mla_mode: str = "auto", vocab_size: int | None = None):
         self.model = model
+        # ids >= vocab_size (a padded embedding the tokenizer cannot decode) are never chosen
+        self.vocab_size = vocab_size if vocab_size is not None and vocab_size < model.config.vocab_size else None
         self.cache = cache
         self.mla_mode = mla_mode
         self.device = cache.device
@@ -57,7 +59,7 @@ class ModelRunner:
         if r.speculative:
             self._feed_mtp_prompt(r, chunk, out.hidden[0])
         if r.prompt_remaining == 0:
-            token = int(sample_tokens(out.logits[:, -1], [r.params.sampling], [r.generator])[0])
+            token = int(sample_tokens(self._valid(out.logits[:, -1]), [r.params.sampling], [r.generator])[0])
             r.status = Status.DECODE
             if not r.emit(token):
                 r.next_token = token
@@ -79,7 +81,7 @@ class ModelRunner:
     def _decode(self, rows: list[Request]) -> None:
         out = self.model.step(self.cache, [r.slot for r in rows], self._tensor([[r.next_token] for r in rows]),
                               mla_mode=self.mla_mode)
-        tokens = sample_tokens(out.logits[:, -1], [r.params.sampling for r in rows],
+        tokens = sample_tokens(self._valid(out.logits[:, -1]), [r.params.sampling for r in rows],
                                [r.generator for r in rows]).tolist()
         for r, token in zip(rows, tokens, strict=True):
             r.next_token = None if r.emit(token) else token
@@ -89,7 +91,7 @@ class ModelRunner:
         drafts = self._draft(rows)
         feed = self._tensor([[r.next_token, drafts[r.id]] for r in rows])
         out = self.model.step(self.cache, [r.slot for r in rows], feed, mla_mode=self.mla_mode)
-        choice = out.logits.float().argmax(dim=-1).tolist()   # [B, 2]: after x, after d
+        choice = self._valid(out.logits).float().argmax(dim=-1).tolist()   # [B, 2]: after x, after d
         for i, r in enumerate(rows):
             d = drafts[r.id]
             (y, z), (h_x, h_d) = choice[i], out.hidden[i]
@@ -123,11 +125,15 @@ class ModelRunner:
             tokens = self._tensor([[t for _, t in r.mtp_pending] for r in group])
             logits = self.model.mtp_draft(self.cache, [r.slot for r in group], hidden, tokens,
                                           mla_mode=self.mla_mode)
-            for r, d in zip(group, logits[:, -1].float().argmax(dim=-1).tolist(), strict=True):
+            for r, d in zip(group, self._valid(logits[:, -1]).float().argmax(dim=-1).tolist(), strict=True):
                 drafts[r.id] = d
                 r.mtp_last_fed = r.mtp_pending[-1]
                 r.mtp_pending = []
         return drafts
+
+    def _valid(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits restricted to the tokenizer's vocabulary (the one place ids past it are masked)."""
+        return logits if self.vocab_size is None else logits[..., :self.vocab_size]
 
     def _tensor(self, rows: list[list[int]]) -> torch.Tensor:
         return torch.tensor(rows, dtype=torch.long, device=self.device)

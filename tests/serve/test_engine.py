@@ -263,3 +263,18 @@ def test_async_engine_streams_the_same_tokens_as_the_sync_engine(model):
         return got
 
     assert asyncio.run(scenario()) == [c.token_ids for c in want]
+
+
+def test_ids_past_the_tokenizer_vocabulary_are_never_generated(model):
+    """A padded embedding (model vocab > tokenizer vocab): the engine masks the extra ids in one place."""
+    limit = 50
+    e = Engine(model, EngineConfig(num_slots=2, max_seq_len=128, max_num_batched_tokens=16, max_prefill_chunk=8,
+                                   use_mtp=False), eos_token_ids=[], vocab_size=limit)
+    outs = e.generate([[7, 3, 20], [5]], [GenerationParams(max_tokens=24), GenerationParams(max_tokens=24,
+                                                                                               temperature=1.5,
+                                                                                               seed=3)])
+    assert all(t < limit for c in outs for t in c.token_ids)
+    unmasked = engine(model).generate([[7, 3, 20]], GenerationParams(max_tokens=24))[0].token_ids
+    assert any(t >= limit for t in unmasked), "the check cannot fail: pick a smaller limit"
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        e.add_request([limit], GenerationParams(max_tokens=2))
