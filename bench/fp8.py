@@ -10,6 +10,10 @@ Prints one JSON object:
   GEMM), the quantisation of x (1x128 tiles) and W (128x128 blocks), and the ratios to BF16.
 - ``cpu.linear_fwd_bwd``: one training step's Linear work (forward, Dgrad, Wgrad), Float8Linear
   vs nn.Linear under BF16 autocast.
+- ``wgrad_requantisation``: accuracy, not speed. Wgrad re-quantises Fprop's cached 1x128 tiles of
+  x as 128x1 tiles; per scale rounding (``exact`` amax/448, ``pow2`` DeepSeek's power-of-two), the
+  relative error of xᵀ and of dW with xᵀ quantised once vs through that dequantise/re-quantise
+  path, and how many elements the second quantisation changed (512x512 N(0,1), seeded).
 - ``cuda``: the same on the GPU with the backend ``auto`` picks (block-wise ``scaled_mm`` on
   Hopper), or null without a GPU.
 
@@ -104,6 +108,26 @@ def bench_linear_step(tokens: int, d_in: int, d_out: int, device: torch.device, 
             "fp8_backend": resolve_backend("auto", device)}
 
 
+def wgrad_requantisation(n: int = 512) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    x, g = torch.randn(n, n, generator=gen, dtype=torch.float64), torch.randn(n, n, generator=gen, dtype=torch.float64)
+    ref = g.t() @ x
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    out = {}
+    for rounding in ("exact", "pow2"):
+        once_tokens = quantize_tiles(x.float(), rounding).dequantize(torch.float64)        # Fprop's 1x128 tiles
+        direct = quantize_tiles(x.t().float(), rounding).dequantize(torch.float64)         # xᵀ quantised once
+        twice = quantize_tiles(once_tokens.t().float(), rounding).dequantize(torch.float64)  # the Wgrad path
+        gq = quantize_tiles(g.t().float(), rounding).dequantize(torch.float64)
+        out[rounding] = {"x_err_once": rel(direct, x.t()), "x_err_requantised": rel(twice, x.t()),
+                         "wgrad_err_once": rel(gq @ direct.t(), ref), "wgrad_err_requantised": rel(gq @ twice.t(), ref),
+                         "elements_changed_by_requantisation": int((twice != once_tokens.t()).sum())}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller CPU shapes and fewer repeats")
@@ -123,6 +147,7 @@ def main() -> None:
         "reps": reps,
     }
     cpu = torch.device("cpu")
+    report["wgrad_requantisation"] = wgrad_requantisation()
     print("CPU GEMMs...", file=sys.stderr, flush=True)
     report["cpu"]["gemm"] = [bench_gemm(*shape, cpu, reps, ["chunked", "dequantized"])
                              for shape in (CPU_SHAPES_QUICK if args.quick else CPU_SHAPES)]

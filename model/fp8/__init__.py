@@ -15,8 +15,10 @@ from model.fp8.quant import (
     BLOCK,
     E4M3,
     E4M3_MAX,
+    SCALE_ROUNDINGS,
     TILE,
     ScaledFp8,
+    ScaleRounding,
     quantization_error_bound,
     quantize,
     quantize_blocks,
@@ -24,8 +26,8 @@ from model.fp8.quant import (
 )
 
 __all__ = [
-    "BLOCK", "E4M3", "E4M3_MAX", "GEMM_BACKENDS", "HIGH_PRECISION_NAMES", "PRECISIONS", "TILE",
-    "Float8Linear", "GemmBackend", "Precision", "ScaledFp8",
+    "BLOCK", "E4M3", "E4M3_MAX", "GEMM_BACKENDS", "HIGH_PRECISION_NAMES", "PRECISIONS", "SCALE_ROUNDINGS", "TILE",
+    "Float8Linear", "GemmBackend", "Precision", "ScaledFp8", "ScaleRounding",
     "blockwise_unsupported_reason", "check_precision", "convert_to_fp8", "fp8_gemm", "fp8_linear",
     "keeps_fp8_default", "precision_autocast", "prepare_model", "quantization_error_bound", "quantize",
     "quantize_blocks", "quantize_tiles", "resolve_backend",

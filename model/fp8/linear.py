@@ -10,7 +10,9 @@ Activation gradients are only ever tiled 1x128, never 128x128 blocks (the report
 block-wise gradient quantisation diverge at ~300B tokens). Wgrad contracts over tokens, so
 both of its operands are quantised along the token dim. x is cached for backward in FP8, as
 the 1x128 tiles Fprop used (V3 §3.3.3: 1 byte per element), and Wgrad dequantises, transposes
-and re-quantises them into token-wise tiles, the workflow V3 §3.5.2 describes. The master
+and re-quantises them into token-wise tiles, the workflow V3 §3.5.2 describes. With the default
+power-of-two scales (``scale_rounding="pow2"``, DeepSeek's choice) that re-quantisation is
+lossless for every element in E4M3's normal range; ``"exact"`` (amax/448) rounds twice. The master
 weight stays FP32 in the module; its FP8 copy is made from it on every forward and reused by
 Dgrad. Weight and bias gradients come back in the master weights' dtype (FP32).
 """
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from model.fp8.gemm import GemmBackend, fp8_gemm, resolve_backend
-from model.fp8.quant import BLOCK, TILE, ScaledFp8, quantize_blocks, quantize_tiles
+from model.fp8.quant import BLOCK, TILE, ScaledFp8, ScaleRounding, quantize_blocks, quantize_tiles
 
 # Modules DeepSeek keeps in BF16/FP32, matched on the last component of the module name:
 # embedding, output heads (main and MTP ``shared_head.head``), the MoE router ``mlp.gate``, and
@@ -35,30 +37,31 @@ HIGH_PRECISION_NAMES = frozenset({"embed_tokens", "embedding", "embed", "lm_head
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-               gemm: GemmBackend = "auto") -> torch.Tensor:
+               gemm: GemmBackend = "auto", scale_rounding: ScaleRounding = "pow2") -> torch.Tensor:
     """``F.linear`` with the three GEMMs in FP8. Usable on any weight tensor (e.g. one expert's
     slice of a stacked expert weight). Output dtype: the autocast dtype when autocast is on,
     else ``x.dtype``."""
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"input has {x.shape[-1]} features, weight expects {weight.shape[1]}")
-    return _Fp8LinearFunction.apply(x, weight, bias, gemm)
+    return _Fp8LinearFunction.apply(x, weight, bias, gemm, scale_rounding)
 
 
 class _Fp8LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                gemm: GemmBackend) -> torch.Tensor:
+                gemm: GemmBackend, rounding: ScaleRounding) -> torch.Tensor:
         device = x.device.type
         out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         backend = resolve_backend(gemm, x.device)
         x2 = x.reshape(-1, x.shape[-1])
-        x_q, w_q = quantize_tiles(x2), quantize_blocks(weight)
+        x_q, w_q = quantize_tiles(x2, rounding), quantize_blocks(weight, rounding)
         if bias is None:  # DeepSeek's linears have none: the GEMM writes the output dtype directly
             y = fp8_gemm(x_q, w_q, out_dtype, backend)
         else:             # bias added to the FP32 accumulator, then one rounding
             y = fp8_gemm(x_q, w_q, torch.float32, backend) + bias.float()
         ctx.save_for_backward(x_q.data, x_q.scale, w_q.data, w_q.scale)
-        ctx.backend, ctx.x_shape, ctx.x_dtype, ctx.w_dtype = backend, x.shape, x.dtype, weight.dtype
+        ctx.backend, ctx.rounding = backend, rounding
+        ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         return y.to(out_dtype).reshape(*x.shape[:-1], weight.shape[0])
 
@@ -69,15 +72,15 @@ class _Fp8LinearFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             w_t = ScaledFp8(w_data, w_scale, BLOCK).t()               # Wᵀ [K, N]: same blocks
-            grad_x = fp8_gemm(quantize_tiles(g), w_t, ctx.x_dtype, ctx.backend).reshape(ctx.x_shape)
+            grad_x = fp8_gemm(quantize_tiles(g, ctx.rounding), w_t, ctx.x_dtype, ctx.backend).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             x_q = ScaledFp8(x_data, x_scale, TILE)
-            g_t = quantize_tiles(g.t())                                 # dyᵀ [N, M], tiles along tokens
-            x_t = quantize_tiles(x_q.dequantize().t())                  # xᵀ  [K, M], tiles along tokens
+            g_t = quantize_tiles(g.t(), ctx.rounding)                   # dyᵀ [N, M], tiles along tokens
+            x_t = quantize_tiles(x_q.dequantize().t(), ctx.rounding)    # xᵀ  [K, M], tiles along tokens
             grad_w = fp8_gemm(g_t, x_t, ctx.w_dtype, ctx.backend)
         if ctx.needs_input_grad[2]:
             grad_b = g.float().sum(0).to(ctx.bias_dtype)
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 class Float8Linear(nn.Linear):
@@ -88,25 +91,27 @@ class Float8Linear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 gemm: GemmBackend = "auto"):
+                 gemm: GemmBackend = "auto", scale_rounding: ScaleRounding = "pow2"):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.gemm = gemm
+        self.gemm, self.scale_rounding = gemm, scale_rounding
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, gemm: GemmBackend = "auto") -> Float8Linear:
+    def from_linear(cls, linear: nn.Linear, gemm: GemmBackend = "auto",
+                    scale_rounding: ScaleRounding = "pow2") -> Float8Linear:
         """Wrap ``linear``'s own Parameter objects (no copy): an optimiser or DDP built on them
         keeps working. Hooks registered on ``linear`` are not carried over."""
         with torch.device("meta"):
-            new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, gemm=gemm)
+            new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, gemm=gemm,
+                      scale_rounding=scale_rounding)
         new.weight = linear.weight
         new.bias = linear.bias
         return new.train(linear.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp8_linear(x, self.weight, self.bias, self.gemm)
+        return fp8_linear(x, self.weight, self.bias, self.gemm, self.scale_rounding)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, fp8=e4m3, gemm={self.gemm}"
+        return f"{super().extra_repr()}, fp8=e4m3, gemm={self.gemm}, scales={self.scale_rounding}"
 
 
 def keeps_fp8_default(name: str, module: nn.Module) -> bool:
@@ -117,7 +122,7 @@ def keeps_fp8_default(name: str, module: nn.Module) -> bool:
 
 
 def convert_to_fp8(module: nn.Module, include: Callable[[str, nn.Module], bool] | None = None,
-                   gemm: GemmBackend = "auto") -> list[str]:
+                   gemm: GemmBackend = "auto", scale_rounding: ScaleRounding = "pow2") -> list[str]:
     """Swap, in place, every ``nn.Linear`` submodule that ``include(name, linear)`` accepts for a
     :class:`Float8Linear` sharing its parameters; returns the converted names, sorted.
 
@@ -137,7 +142,7 @@ def convert_to_fp8(module: nn.Module, include: Callable[[str, nn.Module], bool] 
             continue
         parent_name, _, leaf = name.rpartition(".")
         if id(child) not in replacements:
-            replacements[id(child)] = Float8Linear.from_linear(child, gemm)
+            replacements[id(child)] = Float8Linear.from_linear(child, gemm, scale_rounding)
         setattr(module.get_submodule(parent_name), leaf, replacements[id(child)])
         converted.append(name)
     return sorted(converted)

@@ -28,6 +28,7 @@ from torch import nn
 
 from model.fp8.gemm import GemmBackend
 from model.fp8.linear import convert_to_fp8
+from model.fp8.quant import ScaleRounding
 
 Precision = Literal["fp32", "bf16", "fp8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp8")
@@ -40,8 +41,9 @@ def check_precision(precision: str) -> Precision:
 
 
 def prepare_model(model: nn.Module, precision: str, include: Callable[[str, nn.Module], bool] | None = None,
-                  gemm: GemmBackend = "auto") -> list[str]:
-    """Check that master weights are FP32 and, for ``fp8``, convert the selected Linears in place.
+                  gemm: GemmBackend = "auto", scale_rounding: ScaleRounding = "pow2") -> list[str]:
+    """Check that master weights are FP32 and, for ``fp8``, convert the selected Linears in place
+    (``scale_rounding``: ``pow2``, DeepSeek's power-of-two scales, or ``exact`` amax/448).
     Returns the names of the converted modules (empty for fp32/bf16)."""
     precision = check_precision(precision)
     not_fp32 = [n for n, p in model.named_parameters() if p.is_floating_point() and p.dtype != torch.float32]
@@ -49,7 +51,7 @@ def prepare_model(model: nn.Module, precision: str, include: Callable[[str, nn.M
         raise ValueError(f"master weights must be FP32 for precision={precision!r}; {len(not_fp32)} parameters "
                          f"are not (first: {not_fp32[:3]}). Build the model in FP32; autocast handles BF16.")
     if precision == "fp8":
-        return convert_to_fp8(model, include, gemm)
+        return convert_to_fp8(model, include, gemm, scale_rounding)
     return []
 
 
