@@ -5,12 +5,30 @@ loads of that step's whole batch (all-reduce them across data-parallel ranks fir
 
     b_i += γ · sign(mean_j load_j − load_i)
 
+γ follows :func:`bias_update_rate`: V3 keeps γ = 0.001 for the first 14.3T of 14.8T tokens and
+sets it to 0 for the last 500B (§4.2), so the routing the model ends on is the one it was trained
+with for the final stretch.
+
 MaxVio = (max_i load_i − mean load) / mean load measures how far a layer is from balance.
 """
 
 from __future__ import annotations
 
 import torch
+
+# V3 §4.2: γ = 0.001 until 14.3T of 14.8T tokens, then 0; as a fraction of training
+V3_BIAS_FREEZE_AT = 1 - 0.5 / 14.8
+
+
+def bias_update_rate(rate: float, step: int, total_steps: int, freeze_at: float = 1.0) -> float:
+    """γ for optimizer step ``step`` (0-based) of ``total_steps``: ``rate`` while
+    ``step < freeze_at · total_steps``, then 0. ``freeze_at`` 1.0 never freezes;
+    :data:`V3_BIAS_FREEZE_AT` (≈ 0.966) is V3's schedule. Measured in steps, which equals tokens
+    under a constant batch size (under a batch ramp, pass token counts as ``step``/``total_steps``)."""
+    if rate < 0 or not 0.0 <= freeze_at <= 1.0 or total_steps < 1:
+        raise ValueError(f"need rate >= 0, 0 <= freeze_at <= 1, total_steps >= 1; got {rate}, {freeze_at}, "
+                         f"{total_steps}")
+    return rate if step < freeze_at * total_steps else 0.0
 
 
 def max_violation(load: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,17 @@ class RopeScaling(BaseModel):
     rotations at ``original_max_position_embeddings``; cos/sin are scaled by
     ``mscale(factor, mscale) / mscale(factor, mscale_all_dim)`` and the softmax scale by
     ``mscale(factor, mscale_all_dim)**2`` where ``mscale(s, m) = 0.1·m·ln(s) + 1``.
+
+    ``mscale_all_dim`` unset (0) follows transformers too, which is NOT what DeepSeek's reference
+    (inference/model.py) does: transformers then scales cos/sin by ``mscale(factor, 1)`` (the
+    configured ``mscale`` is ignored) and leaves the softmax scale alone, so only the rotary part
+    of each score (q_R·k_R, ``qk_rope_head_dim`` of the ``qk_head_dim`` dims) is multiplied by
+    mscale²; DeepSeek's reference has no ``mscale_all_dim``, never scales cos/sin, and multiplies
+    the whole softmax scale by ``mscale(factor, mscale)**2``. With V3's config (mscale =
+    mscale_all_dim = 1) both give the same scores: cos/sin × 1, every dim × mscale(40, 1)².
+    To reproduce DeepSeek's reference for a config that only has ``mscale``, set
+    ``mscale_all_dim = mscale``. Whale keeps transformers' rule so exported checkpoints give the
+    same logits under ``DeepseekV3ForCausalLM`` (tests/model/test_hf_checkpoint.py).
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -7,7 +7,9 @@ map, so the scores q·k are what matter, not the output layout.
 
 YaRN (arXiv 2309.00071) extends the context: frequencies that rotate fewer than ``beta_slow``
 times over the original context are interpolated (θ/factor), those rotating more than
-``beta_fast`` times are kept, and a linear ramp blends the band between.
+``beta_fast`` times are kept, and a linear ramp blends the band between. The magnitude factors
+(``mscale``/``mscale_all_dim``) follow transformers; where that differs from DeepSeek's reference
+(``mscale_all_dim`` unset) is documented on :class:`model.config.RopeScaling`.
 """
 
 from __future__ import annotations

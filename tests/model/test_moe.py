@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from model.balance import max_violation, update_router_bias
+from model.balance import V3_BIAS_FREEZE_AT, bias_update_rate, max_violation, update_router_bias
 from model.dispatch import DenseDispatcher, LocalSortedDispatcher
 from model.moe import MoE, drop_over_capacity
 from model.router import Router, sequence_balance_loss
@@ -199,3 +199,14 @@ def test_model_update_router_biases_uses_loads_rows():
     assert torch.count_nonzero(layers[3].gate.e_score_correction_bias) == 0
     with pytest.raises(ValueError, match="expected"):
         model.update_router_biases(torch.zeros(2, 8))
+
+
+def test_bias_update_rate_freezes_for_the_last_stretch():
+    # V3: 14.8T tokens, γ = 1e-3 until 14.3T, then 0. In 1000 steps: steps 0..966 (966.2 = 14.3/14.8·1000).
+    rates = [bias_update_rate(1e-3, s, 1000, V3_BIAS_FREEZE_AT) for s in range(1000)]
+    assert rates[:967] == [1e-3] * 967 and rates[967:] == [0.0] * 33
+    assert 1000 * (1 - V3_BIAS_FREEZE_AT) == pytest.approx(1000 * 0.5 / 14.8)
+    assert {bias_update_rate(1e-3, s, 10) for s in range(10)} == {1e-3}   # default: never frozen
+    assert bias_update_rate(1e-3, 0, 10, freeze_at=0.0) == 0.0
+    with pytest.raises(ValueError, match="freeze_at"):
+        bias_update_rate(1e-3, 0, 10, freeze_at=1.5)
