@@ -136,9 +136,13 @@ class ModelConfig(BaseModel):
     seq_aux_loss_alpha: float = Field(1e-4, ge=0)
     # λ weighting the MTP loss (V3 §2.2: 0.3 for the first 10T tokens, then 0.1)
     mtp_loss_weight: float = Field(0.3, ge=0)
-    # V2-style token dropping: each expert keeps at most ceil(cf·N·K/E) tokens per forward
-    # (the lowest-affinity ones beyond it are dropped). None: no dropping (V3).
+    # DeepSeek-V2 device-level token dropping (V2 §2.2.4; model/moe.py): each device of the
+    # expert-parallel group keeps at most ceil(cf · assignments in the group / ep) of the
+    # assignments it receives, dropping its lowest-affinity ones beyond that. None: no dropping
+    # (V3). One device (no EP) holds the average, so with cf >= 1 it drops nothing.
     expert_capacity_factor: float | None = Field(None, gt=0)
+    # share of each micro-batch's sequences whose tokens are never dropped (V2: ~10 %)
+    never_drop_share: float = Field(0.1, ge=0, le=1)
     # wrap each block in torch.utils.checkpoint: none | selective (recompute all but matmul and
     # attention outputs) | full (recompute the whole block)
     activation_checkpointing: Literal["none", "selective", "full"] = "none"

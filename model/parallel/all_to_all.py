@@ -18,8 +18,10 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 
-def _exchange(x: torch.Tensor, output_splits: Sequence[int], input_splits: Sequence[int],
-              group: ProcessGroup | None) -> torch.Tensor:
+def exchange_rows(x: torch.Tensor, output_splits: Sequence[int], input_splits: Sequence[int],
+                  group: ProcessGroup | None = None) -> torch.Tensor:
+    """The plain (not differentiable) variable-size exchange: ``x`` [sum(input_splits), ...] ->
+    [sum(output_splits), ...]. For metadata that needs no gradient."""
     out = x.new_empty((sum(output_splits), *x.shape[1:]))
     dist.all_to_all_single(out, x.contiguous(), list(output_splits), list(input_splits), group=group)
     return out
@@ -30,12 +32,12 @@ class _AllToAll(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, output_splits: list[int], input_splits: list[int],
                 group: ProcessGroup | None) -> torch.Tensor:
         ctx.splits, ctx.group = (output_splits, input_splits), group
-        return _exchange(x, output_splits, input_splits, group)
+        return exchange_rows(x, output_splits, input_splits, group)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         output_splits, input_splits = ctx.splits
-        return _exchange(grad, input_splits, output_splits, ctx.group), None, None, None
+        return exchange_rows(grad, input_splits, output_splits, ctx.group), None, None, None
 
 
 def all_to_all_single_autograd(x: torch.Tensor, output_splits: Sequence[int], input_splits: Sequence[int],

@@ -13,16 +13,26 @@ Per MoE layer, on every rank of the group, with E experts split into contiguous 
 
 Both exchanges are differentiable (:mod:`model.parallel.all_to_all`), so gradients flow back to
 the tokens and into the experts that ran them, wherever they live.
+
+Token dropping (DeepSeek-V2's device-level rule, :mod:`model.moe`) happens before step 1, with
+the budget of the *receiving* device: every rank sends each assignment's affinity and never-drop
+flag to the rank that holds its expert, that rank keeps its protected assignments and then the
+highest-affinity ones up to ``ceil(cf · A / ep)`` (A: assignments in the whole group), and sends
+the keep flags back. Dropped rows are then never dispatched.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed import ProcessGroup
 
 from model.dispatch import run_experts_grouped
-from model.parallel.all_to_all import all_to_all_single_autograd, exchange_counts
+from model.moe import keep_within_budget
+from model.parallel.all_to_all import all_to_all_single_autograd, exchange_counts, exchange_rows
 from model.parallel.groups import ParallelGroups
 
 
@@ -72,6 +82,35 @@ class ExpertParallelDispatcher:
         weighted = back.float() * gates.reshape(-1)[order, None]
         out = torch.zeros(N, x.shape[-1], device=x.device, dtype=torch.float32)
         return out.index_add_(0, token_of, weighted).to(x.dtype)
+
+
+    @torch.no_grad()
+    def drop_over_device_budget(self, expert_ids: torch.Tensor, affinity: torch.Tensor, protected: torch.Tensor,
+                                capacity_factor: float, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """V2 device-level dropping across the group (see the module docstring). expert_ids,
+        affinity, protected [N, K] -> (expert_ids with -1 where the receiving device dropped,
+        number of this rank's assignments dropped). Every rank of the group must call it."""
+        ep, local = self.ep_size, n_experts // self.ep_size
+        flat_ids = expert_ids.reshape(-1)
+        valid = flat_ids >= 0
+        dest = torch.where(valid, flat_ids // local, ep)          # ep: nowhere (already dropped)
+        order = dest.argsort(stable=True)
+        send = torch.bincount(dest, minlength=ep + 1)[:ep]
+        recv = exchange_counts(send.view(ep, 1), self.group).view(ep)
+        total = valid.sum().view(1)
+        dist.all_reduce(total, group=self.group)
+        packed = torch.cat([send, recv, total]).tolist()
+        send_rows, recv_rows, total = packed[:ep], packed[ep:2 * ep], packed[-1]
+        order = order[:sum(send_rows)]
+
+        meta = torch.stack([affinity.reshape(-1)[order].float(), protected.reshape(-1)[order].float()], dim=1)
+        arrived = exchange_rows(meta, recv_rows, send_rows, self.group)
+        budget = math.ceil(capacity_factor * total / ep)
+        keep_here = keep_within_budget(arrived[:, 0], arrived[:, 1] > 0, budget)
+        keep_sent = exchange_rows(keep_here.float()[:, None], send_rows, recv_rows, self.group)[:, 0] > 0
+        keep = torch.zeros_like(valid)
+        keep[order] = keep_sent
+        return flat_ids.masked_fill(~keep, -1).view_as(expert_ids), (valid & ~keep).sum()
 
 
 def _comm_dtype(x: torch.Tensor) -> torch.dtype:

@@ -1,11 +1,10 @@
-import math
 
 import pytest
 import torch
 
 from model.balance import V3_BIAS_FREEZE_AT, bias_update_rate, max_violation, update_router_bias
 from model.dispatch import DenseDispatcher, LocalSortedDispatcher
-from model.moe import MoE, drop_over_capacity
+from model.moe import MoE, drop_over_device_budget, keep_within_budget, never_drop_sequences
 from model.router import Router, sequence_balance_loss
 
 from .conftest import micro_config, micro_model
@@ -115,26 +114,57 @@ def test_sorted_dispatch_equals_dense_and_computes_only_selected_experts():
         minlength=16).float().tolist()
 
 
-def test_capacity_drops_lowest_affinity_and_counts():
-    ids = torch.tensor([[0, 1], [0, 2], [0, 1], [3, 0]])
+def test_device_budget_keeps_protected_then_highest_affinity():
+    aff = torch.tensor([0.9, 0.5, 0.2, 0.6, 0.7, 0.4, 0.3, 0.8])
+    protected = torch.tensor([False, False, True, False, False, False, False, False])
+    # budget 3: the protected 0.2, then 0.9 and 0.8
+    assert keep_within_budget(aff, protected, 3).nonzero().flatten().tolist() == [0, 2, 7]
+    # protected ones are kept even past the budget
+    assert keep_within_budget(aff, torch.ones(8, dtype=torch.bool), 2).all()
+    assert keep_within_budget(aff, torch.zeros(8, dtype=torch.bool), 0).sum() == 0
+
+
+def test_one_device_holds_the_average_so_drops_only_below_cf_1():
+    """V2's budget is per device: ceil(cf · A / devices). Alone, a device holds exactly A."""
+    ids = torch.tensor([[0, 1], [0, 2], [0, 1], [3, 0]])       # expert 0 chosen 4 times of 8
     aff = torch.tensor([[0.9, 0.5], [0.2, 0.6], [0.7, 0.4], [0.3, 0.8]])
-    # E=4, N·K=8: capacity = ceil(0.5·8/4) = 1 -> expert 0 keeps 0.9 only; expert 1 keeps 0.5
-    kept, dropped = drop_over_capacity(ids, aff, 4, 0.5)
-    assert kept.tolist() == [[0, 1], [-1, 2], [-1, -1], [3, -1]]
-    assert dropped.item() == 4
-    kept, dropped = drop_over_capacity(ids, aff, 4, 10.0)
-    assert torch.equal(kept, ids) and dropped.item() == 0
+    none = torch.zeros(4, 2, dtype=torch.bool)
+    kept, dropped = drop_over_device_budget(ids, aff, none, 1.0, 4)
+    assert torch.equal(kept, ids) and dropped.item() == 0     # a per-expert cap of 2 would drop 2
+    kept, dropped = drop_over_device_budget(ids, aff, none, 0.5, 4)   # budget 4 of 8
+    assert kept.tolist() == [[0, -1], [-1, 2], [0, -1], [-1, 0]] and dropped.item() == 4
+    protect_row_1 = none.clone()
+    protect_row_1[1] = True
+    kept, _ = drop_over_device_budget(ids, aff, protect_row_1, 0.5, 4)
+    assert kept.tolist() == [[0, -1], [0, 2], [-1, -1], [-1, 0]]
 
 
-def test_moe_capacity_only_in_training_and_dropped_tokens_contribute_nothing():
-    moe = make_moe(expert_capacity_factor=0.25, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=0)
-    x = torch.randn(2, 16, moe.gate.weight.shape[1])
+def test_never_drop_sequences_share():
+    assert never_drop_sequences(10, 0.1).tolist() == [True] + [False] * 9
+    assert never_drop_sequences(40, 0.1).sum() == 4 and never_drop_sequences(40, 0.1).nonzero().flatten().tolist() == [
+        0, 10, 20, 30]
+    assert never_drop_sequences(4, 0.1).sum() == 0 and never_drop_sequences(8, 0.0).sum() == 0
+    assert never_drop_sequences(3, 1.0).all()
+
+
+def test_moe_drops_only_in_training_and_never_from_exempt_sequences():
+    moe = make_moe(expert_capacity_factor=0.5, never_drop_share=0.25, n_routed_experts=8, num_experts_per_tok=2,
+                   n_shared_experts=0)
+    x = torch.randn(4, 16, moe.gate.weight.shape[1])
     moe.train()
     y, stats = moe(x)
-    N, K, E = 32, 2, 8
-    cap = math.ceil(0.25 * N * K / E)
-    expected = int(torch.clamp(stats.expert_load - cap, min=0).sum())
-    assert stats.dropped.item() == expected > 0
+    assert stats.dropped.item() == 4 * 16 * 2 // 2                 # budget ceil(0.5 · 128) = 64 of 128
+    routing = moe.gate(x.view(-1, x.shape[-1]))
+    kept, _ = moe.drop_tokens(routing, 4)
+    kept = kept.view(4, 16, 2)
+    assert (kept[0] >= 0).all()                                     # sequence 0 of 4 is exempt (share 1/4)
+    assert (kept[1:] < 0).any()
+    # with an explicit mask: sequence 2 exempt instead
+    kept2, _ = moe.drop_tokens(routing, 4, torch.tensor([False, False, True, False]))
+    assert (kept2.view(4, 16, 2)[2] >= 0).all() and (kept2.view(4, 16, 2)[0] < 0).any()
+    # dropped assignments contribute nothing: rebuild y from the kept ones with the dense dispatcher
+    dense = DenseDispatcher()(x.view(-1, x.shape[-1]), kept.view(-1, 2), routing.gates, moe.experts, 8)
+    torch.testing.assert_close(y.view(-1, x.shape[-1]), dense, rtol=1e-5, atol=1e-6)
     moe.eval()
     y_eval, stats_eval = moe(x)
     assert stats_eval.dropped.item() == 0 and not torch.allclose(y, y_eval)
