@@ -16,8 +16,9 @@
   ``whale_vs_hf`` = HF step / Whale step (MTP off; goal >= 1.5), ``mtp_on_vs_off`` = step time
   ratio (goal <= 1.3). The first step's loss of HF and Whale (MTP off) must agree (same weights).
 - ``tiny``: one optimizer step of the trainer (``TrainStep``: forward + backward over the global
-  batch, gradient reduction, clipping, AdamW, router-bias update) on the ``tiny`` model in BF16 and
-  in FP8, in this process: median step time, tokens/s, MFU; ``fp8_vs_bf16_step_time`` = FP8 / BF16.
+  batch, gradient reduction, clipping, AdamW, router-bias update) on the ``tiny`` model in the
+  ``auto`` precision and in FP8 (unless ``--no-fp8``), in this process: median step time, tokens/s,
+  MFU; ``fp8_vs_<auto>_step_time`` = FP8 / auto.
   (On CPU FP8 is slower: ``torch._scaled_mm`` in 128-wide K chunks plus quantisation, no FP8 units.)
   One thread by default: on a shared 2-core machine, two OpenMP threads spin-wait whenever another
   process runs and a step becomes 10-20x slower, so two-thread timings there measure the neighbours.
@@ -25,8 +26,8 @@
   path) with 1 worker x all cores and with 2 workers (EP=2, DP=2) x 1 core; tokens/s and MFU from the
   trainer's own summary (median step, against the peak its workers measured at start).
 - ``gpu_small`` (only when CUDA is present): the ``small`` preset on one GPU, BF16 and FP8, MFU
-  against the datasheet BF16 peak (and the matmul peak measured here); goals: MFU >= 35 % and FP8
-  >= 1.3x faster than BF16 on an H100.
+  against the datasheet BF16 peak (and the matmul peak measured here); goals: MFU >= 40 % and FP8
+  >= 1.3x faster than BF16 on an H100 (``bench/gpu_check.sh`` runs the same measurement).
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def main() -> None:
         result["gpu_small"] = {"gpu": name, "peak_bf16_datasheet": sheet, "peak_bf16_matmul_measured": measured,
                                "batch": args.gpu_batch, "seq": args.gpu_seq, "bf16": g_bf16, "fp8": g_fp8,
                                "fp8_speedup": g_bf16["step_s"] / g_fp8["step_s"],
-                               "goals": {"mfu_bf16": 0.35, "fp8_speedup": 1.3}}
+                               "goals": {"mfu_bf16": 0.40, "fp8_speedup": 1.3}}
     else:
         result["gpu_small"] = "skipped: no CUDA device"
     text = json.dumps(result, indent=2)
