@@ -82,6 +82,15 @@ class AttentionContext:
             mask = (same_doc & causal)[:, None]
         return cls(cos, sin, mask)
 
+    def rows(self, rows: slice) -> "AttentionContext":
+        """The context of a slice of the batch's sequences (training only: no cache step)."""
+        if rows == slice(None):
+            return self
+        if self.cache_step is not None:
+            raise ValueError("AttentionContext.rows slices a training context, not a cache step")
+        mask = self.mask[rows] if self.mask is not None else None
+        return AttentionContext(self.cos[rows], self.sin[rows], mask, None, self.mla_mode)
+
     @classmethod
     def for_cache_step(cls, rotary: RotaryEmbedding, step: CacheStep, mla_mode: MLAMode = "auto"
                        ) -> "AttentionContext":

@@ -23,12 +23,12 @@ MLA path reads ``self_attn.kv_b_proj.weight`` directly, which an FP8 swap keeps.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
@@ -38,13 +38,14 @@ from model.block import DecoderLayer
 from model.config import ModelConfig
 from model.dispatch import ExpertDispatcher
 from model.generation import GenerationMixin
+from model.loss import IGNORE_INDEX, cross_entropy, linear_cross_entropy
 from model.moe import MoE, MoEStats
 from model.mtp import MTPLayer
 from model.norm import RMSNorm
 from model.rope import RotaryEmbedding
 from model.router import Router
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "DeepSeekV3", "ModelOutput", "cross_entropy", "mtp_targets", "next_token_targets"]
 
 
 @dataclass
@@ -62,6 +63,7 @@ class ModelOutput:
     dropped_tokens  assignments dropped by the capacity factor (0 unless it is set)
     num_target_tokens  targets counted by lm_loss (weight for averaging across micro-batches)
     hidden_states [B, T, D] final normalised hidden state
+    forward_seconds, mtp_forward_seconds  CPU wall time of the forward and of its MTP modules
     """
 
     logits: torch.Tensor | None
@@ -74,6 +76,10 @@ class ModelOutput:
     num_target_tokens: torch.Tensor | None = None
     hidden_states: torch.Tensor | None = None
     mtp_losses: list[torch.Tensor] = field(default_factory=list)
+    # wall seconds of the whole forward and of its MTP part (CPU only, where ops are synchronous;
+    # None on accelerators, where timing would need a sync): MTP's share of the step, for metrics
+    forward_seconds: float | None = None
+    mtp_forward_seconds: float | None = None
 
 
 class DeepSeekV3(GenerationMixin, nn.Module):
@@ -158,7 +164,7 @@ class DeepSeekV3(GenerationMixin, nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                 segment_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None, mtp_loss_weight: float | None = None,
-                return_logits: bool = True) -> ModelOutput:
+                mtp_rows: int | None = None, return_logits: bool = True) -> ModelOutput:
         """Training / scoring forward over whole sequences.
 
         input_ids    [B, T] token ids.
@@ -169,23 +175,38 @@ class DeepSeekV3(GenerationMixin, nn.Module):
         position_ids [B, T] explicit positions (default: 0..T-1, or per document).
         loss_mask    [B, T] 1/True where the token counts as a target (e.g. assistant tokens
                      only), combined with labels != -100.
-        mtp_loss_weight  λ for this call (schedules), default ``config.mtp_loss_weight``.
+        mtp_loss_weight  λ for this call (schedules), default ``config.mtp_loss_weight``; 0 skips
+                     the MTP modules (``mtp_loss`` None, their expert loads 0).
+        mtp_rows     run the MTP modules on the first ``mtp_rows`` sequences only (their loss is the
+                     mean over those rows' targets): MTP's cost scales with it. None: all rows.
+        return_logits  False with labels: the head runs fused with the loss, token chunk by chunk
+                     (:func:`model.loss.linear_cross_entropy`), and no [B, T, V] logits exist.
         """
+        timed = input_ids.device.type == "cpu"
+        t0 = time.perf_counter()
         ctx = self.attention_context(input_ids, segment_ids=segment_ids, position_ids=position_ids)
         h = self.embed_tokens(input_ids)
         h, stats = self.forward_layers(h, ctx)
         h = self.norm(h)
-        logits = self.lm_head(h)
+        # with labels and no logits wanted (training), the head runs fused with the loss in chunks
+        fused = labels is not None and not return_logits
+        logits = None if fused else self.lm_head(h)
 
         out = ModelOutput(logits=logits if return_logits else None, hidden_states=h)
         if labels is not None:
             targets = next_token_targets(labels, loss_mask, segment_ids)
-            out.lm_loss, out.num_target_tokens = cross_entropy(logits, targets)
-            if len(self.mtp):
-                out.mtp_losses, mtp_stats = self.mtp_losses(h, input_ids, targets, ctx, segment_ids)
+            out.lm_loss, out.num_target_tokens = (linear_cross_entropy(h, self.lm_head.weight, targets) if fused
+                                                  else cross_entropy(logits, targets))
+            lam = self.config.mtp_loss_weight if mtp_loss_weight is None else mtp_loss_weight
+            if len(self.mtp) and lam > 0:   # λ = 0 skips the MTP modules entirely (no forward, no cost)
+                t_mtp = time.perf_counter()
+                rows = slice(None) if mtp_rows is None else slice(0, mtp_rows)
+                out.mtp_losses, mtp_stats = self.mtp_losses(
+                    h[rows], input_ids[rows], targets[rows], ctx.rows(rows),
+                    segment_ids[rows] if segment_ids is not None else None, fused=fused)
                 stats.update(mtp_stats)
                 out.mtp_loss = torch.stack(out.mtp_losses).mean()
-            lam = self.config.mtp_loss_weight if mtp_loss_weight is None else mtp_loss_weight
+                out.mtp_forward_seconds = time.perf_counter() - t_mtp if timed else None
             out.loss = out.lm_loss + (lam * out.mtp_loss if out.mtp_loss is not None else 0.0)
         balance = [s.balance_loss for s in stats.values() if s.balance_loss is not None]
         if balance:
@@ -193,14 +214,17 @@ class DeepSeekV3(GenerationMixin, nn.Module):
             if out.loss is not None:
                 out.loss = out.loss + out.balance_loss
         out.expert_load, out.dropped_tokens = self._collect_loads(stats, h.device)
+        if timed:
+            out.forward_seconds = time.perf_counter() - t0
+            out.mtp_forward_seconds = out.mtp_forward_seconds or 0.0
         return out
 
     def mtp_losses(self, h: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor,
-                   ctx: AttentionContext, segment_ids: torch.Tensor | None = None
+                   ctx: AttentionContext, segment_ids: torch.Tensor | None = None, *, fused: bool = False
                    ) -> tuple[list[torch.Tensor], dict[int, MoEStats]]:
         """Cross-entropy of each MTP depth k: position i, given h^{k-1}_i and Emb(t_{i+k}),
         predicts t_{i+k+1} (= targets[:, i+k]). Positions whose target lies past the sequence or
-        in another document are ignored."""
+        in another document are ignored. ``fused``: head and loss in chunks (no logits kept)."""
         losses, stats = [], {}
         h_prev = h
         for k, layer in enumerate(self.mtp, start=1):
@@ -210,8 +234,9 @@ class DeepSeekV3(GenerationMixin, nn.Module):
             h_prev, s = self._run_block(layer, h_prev, next_embeds, ctx)
             if s is not None:
                 stats[layer.layer_idx] = s
-            logits = self.lm_head(layer.shared_head.norm(h_prev))
-            losses.append(cross_entropy(logits, mtp_targets(targets, k, segment_ids))[0])
+            h_k, tgt = layer.shared_head.norm(h_prev), mtp_targets(targets, k, segment_ids)
+            losses.append(linear_cross_entropy(h_k, self.lm_head.weight, tgt)[0] if fused
+                          else cross_entropy(self.lm_head(h_k), tgt)[0])
         return losses, stats
 
     def _collect_loads(self, stats: Mapping[int, MoEStats], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,14 +319,6 @@ def next_token_targets(labels: torch.Tensor, loss_mask: torch.Tensor | None = No
         crosses = segment_ids[:, 1:] != segment_ids[:, :-1]
         targets[:, :-1] = targets[:, :-1].masked_fill(crosses, IGNORE_INDEX)
     return targets
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over targets != -100 (0 with none) and their count. FP32."""
-    total = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
-    count = (targets != IGNORE_INDEX).sum()
-    return total / count.clamp(min=1), count
 
 
 _SAVED_OPS = {

@@ -125,7 +125,7 @@ def run(cfg: PretrainConfig, ctx: StageContext) -> dict[str, float | int | str]:
         "tokens_per_s": round(s["tokens_per_s"], 1), "mfu": round(s["mfu"], 5),
         "steps": s["steps"], "train_tokens": s["train_tokens"], "restarts": s["restarts"],
         "skipped_steps": s["skipped_steps"], "parameters": sum(p.numel() for p in model.parameters()),
-        "layout": f"dp{train.parallel.dp}xep{train.parallel.ep}", "precision": train.precision,
+        "layout": f"dp{train.parallel.dp}xep{train.parallel.ep}", "precision": s.get("precision", train.precision),
         "peak_tflops": round(result.peak_flops / 1e12, 3), "fit_seconds": round(fit_seconds, 1),
     }
     for source in sources:

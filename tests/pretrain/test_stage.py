@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 NAME = "pretrain-stage-test"
 MODEL = {"preset": "tiny", **{k: v for k, v in MICRO.items() if k != "vocab_size"}}
-TRAIN = {"steps": 30, "batch_size": 8, "seq_len": 64, "log_every": 10, "precision": "bf16",
+TRAIN = {"steps": 30, "batch_size": 8, "seq_len": 64, "log_every": 10, "precision": "auto",
+         "mtp_weight": {"start_at": 0.5, "switch_at": 0.8, "batch_fraction": 0.5},   # MTP from step 16, half the rows
          "optimizer": {"lr": 1e-2}, "schedule": {"warmup_steps": 5}, "parallel": {"dp": 2, "ep": 1},
          "checkpoint": {"every": 15}, "eval": {"every": 15, "batches": 2}}
 
@@ -46,6 +47,7 @@ def test_summary_has_the_headline_numbers(stage):
         assert math.isfinite(s[key]) and s[key] > 0, key
     assert 1 < s["unigram_bpb"] < 8
     assert s["val_loss"] < math.log(1024) - 0.5          # learnt something beyond uniform
+    assert s["precision"] in ("fp32", "bf16")             # `auto` resolved on the workers
     assert s["registered_version"] == "1"
 
 
@@ -78,6 +80,11 @@ def test_metrics_plots_and_registry_in_mlflow(stage):
     assert metrics["val/bpb"] == pytest.approx(s["val_bpb"], abs=1e-3)
     history = client.get_metric_history(run_id, "train/loss")
     assert [m.step for m in history] == [10, 20, 30]
+    # MTP off (λ = 0, module skipped) until step 15: no MTP loss logged then, a forward share after
+    assert [m.step for m in client.get_metric_history(run_id, "train/mtp_loss")] == [20, 30]
+    assert [m.value for m in client.get_metric_history(run_id, "train/mtp_weight")] == [0.0, 0.3, 0.1]
+    shares = [m.value for m in client.get_metric_history(run_id, "perf/mtp_forward_share")]
+    assert shares[0] == 0.0 and all(0 < v < 1 for v in shares[1:])
     artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert {"plots/loss_curve.png", "plots/expert_load.png"} <= artifacts
     assert (out / "plots" / "loss_curve.png").stat().st_size > 10_000

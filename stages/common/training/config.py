@@ -9,10 +9,10 @@ are in :meth:`TrainerConfig.check_against`, which stages call once the model con
       batch_size: 16            # sequences per optimizer step, all ranks and micro-batches together
       seq_len: 256
       grad_accum: 1             # micro-batches per step; micro batch = batch_size / (dp x ep x grad_accum)
-      precision: bf16           # fp32 | bf16 | fp8 (FP32 master weights in every case)
+      precision: auto           # auto | fp32 | bf16 | fp8 (FP32 master weights in every case)
       optimizer: {lr: 3.0e-3, betas: [0.9, 0.95], weight_decay: 0.1, grad_clip: 1.0}
       schedule: {kind: cosine, warmup_steps: 30, min_lr_ratio: 0.1}
-      mtp_weight: {initial: 0.3, final: 0.1, switch_at: 0.7}
+      mtp_weight: {initial: 0.3, final: 0.1, switch_at: 0.7, start_at: 0.0, batch_fraction: 1.0}
       parallel: {pp: 1, dp: 1, ep: 1, schedule: 1f1b, microbatches: null, zero: 0, activation_checkpointing: null}
       checkpoint: {every: 100, keep: 2}
       eval: {every: 100, batches: 8}
@@ -62,12 +62,27 @@ class ScheduleConfig(_Strict):
 
 
 class MTPWeightConfig(_Strict):
-    """λ of the MTP loss: ``initial`` until ``switch_at`` (fraction of the steps), then ``final``
-    (V3 §4.2: 0.3 for the first 10T of 14.8T tokens, then 0.1)."""
+    """λ of the MTP loss: 0 before ``start_at``, ``initial`` until ``switch_at`` (fractions of the
+    steps), then ``final`` (V3 §4.2: 0.3 for the first 10T of 14.8T tokens, then 0.1). A step with
+    λ = 0 skips the MTP modules entirely: no forward, no backward, no cost (so ``initial: 0,
+    final: 0`` trains without MTP, and ``start_at: 0.8`` trains the MTP head only at the end,
+    on the trunk's late features, where it costs 20 % of the steps instead of all of them)."""
 
     initial: float = Field(0.3, ge=0)
     final: float = Field(0.1, ge=0)
     switch_at: float = Field(0.7, ge=0, le=1)
+    start_at: float = Field(0.0, ge=0, le=1)
+    # share of each micro-batch's sequences the MTP modules see (the first ceil(f x B)): MTP adds
+    # ~50 % of the main model's FLOPs on the tiny shape (one block + a second 4096-wide head over
+    # 4 layers), ~2 % at V3's 61 layers; 0.5 halves that extra cost, the loss stays an unbiased mean
+    batch_fraction: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> "MTPWeightConfig":
+        if self.start_at > self.switch_at and self.initial != self.final:
+            raise ValueError(f"mtp_weight.start_at ({self.start_at}) is after switch_at ({self.switch_at}): "
+                             f"the initial weight would never be used; set start_at <= switch_at")
+        return self
 
 
 class ParallelConfig(_Strict):
@@ -198,7 +213,9 @@ class TrainerConfig(_Strict):
     batch_size: int = Field(16, ge=1)      # global sequences per optimizer step
     seq_len: int = Field(256, ge=2)
     grad_accum: int = Field(1, ge=1)
-    precision: Literal["fp32", "bf16", "fp8"] = "bf16"
+    # auto: bf16 autocast where the device has fast BF16 matmuls (CUDA; CPUs with AVX512-BF16/AMX),
+    # else fp32 (on an AVX2-only CPU a BF16 matmul is 10-100x slower than FP32: measured here)
+    precision: Literal["auto", "fp32", "bf16", "fp8"] = "auto"
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
     seed: int | None = None                # null: the pipeline's seed
     # γ of the router-bias update; null: the model config's router_bias_update_rate
@@ -238,6 +255,9 @@ class TrainerConfig(_Strict):
                           f"parallel.activation_checkpointing ({par.activation_checkpointing}) disagree; set one")
         if self.schedule.warmup_steps >= self.steps and self.schedule.kind != "constant":
             errors.append(f"schedule.warmup_steps ({self.schedule.warmup_steps}) must be below steps ({self.steps})")
+        if par.pp > 1 and self.mtp_weight.batch_fraction < 1:
+            errors.append(f"mtp_weight.batch_fraction ({self.mtp_weight.batch_fraction}) < 1 is not supported with "
+                          f"pipeline parallelism (pp {par.pp}); use 1.0")
         if self.fault.at_step is not None and self.fault.rank >= par.world_size:
             errors.append(f"fault.rank ({self.fault.rank}) is not a rank of {par.world_size} workers")
         if errors:

@@ -2,8 +2,8 @@
 
 MFU = achieved model FLOP/s / peak FLOP/s, with model FLOPs per token from :func:`model.info.model_info`
 (6·N_activated for the matmuls + attention, plus the MTP module) at the training sequence length.
-The peak is the BF16 dense matmul peak: a datasheet table for known GPUs; on CPUs (and unknown
-GPUs) the best square-matmul rate measured on the spot, with the threads the worker really uses,
+The peak is the BF16 dense matmul peak (FP32 for a CPU run in FP32): a datasheet table for known GPUs;
+on CPUs (and unknown GPUs) the best square-matmul rate measured on the spot, with the threads the worker really uses,
 on every worker at the same time (so contention between workers counts against the peak).
 """
 
@@ -41,12 +41,18 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.bfloat1
             a @ b
             _sync(device)
             times.append(time.perf_counter() - t)
-        best = max(best, 2 * n**3 / sorted(times)[len(times) // 2])
+        median = sorted(times)[len(times) // 2]
+        best = max(best, 2 * n**3 / median)
+        if median > 0.25:   # a slow path (BF16 on an AVX2 CPU): the next size would take 8x longer
+            break
     return best
 
 
-def device_peak(device: torch.device) -> tuple[float, str]:
-    """(BF16 peak FLOP/s of one worker's device, where the number came from)."""
+def device_peak(device: torch.device, precision: str = "bf16") -> tuple[float, str]:
+    """(peak FLOP/s of one worker's device, where the number came from): the BF16 peak, or on a
+    CPU training in FP32 the FP32 matmul peak (an AVX2 CPU's BF16 rate would flatter the MFU)."""
+    if device.type == "cpu" and precision == "fp32":
+        return measure_matmul_peak(device, torch.float32), f"measured:cpu fp32 x{torch.get_num_threads()} threads"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = gpu_peak(name)
@@ -54,6 +60,16 @@ def device_peak(device: torch.device) -> tuple[float, str]:
             return peak, f"datasheet:{name}"
         return measure_matmul_peak(device, sizes=(4096, 8192)), f"measured:{name}"
     return measure_matmul_peak(device), f"measured:cpu x{torch.get_num_threads()} threads"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where BF16 matmuls are fast (CUDA, or a CPU whose oneDNN has native
+    BF16: AVX512-BF16 / AMX), else ``fp32``. Other values pass through."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 def train_flops_per_token(model_config, seq_len: int) -> float:

@@ -28,5 +28,8 @@ def learning_rate(step: int, total_steps: int, peak: float, cfg: ScheduleConfig)
 
 
 def mtp_weight(step: int, total_steps: int, cfg: MTPWeightConfig) -> float:
-    """λ for step ``step``: ``initial`` for the first ``switch_at`` of the run, then ``final``."""
+    """λ for step ``step``: 0 up to ``start_at`` of the run, ``initial`` up to ``switch_at``, then
+    ``final``. λ = 0 means the step skips the MTP modules."""
+    if step <= cfg.start_at * total_steps:
+        return 0.0
     return cfg.initial if step <= cfg.switch_at * total_steps else cfg.final

@@ -76,18 +76,25 @@ def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], wei
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused, foreach=not fused)
 
 
-def target_counts(batch: dict[str, torch.Tensor], mtp_depth: int) -> list[int]:
+def mtp_rows(batch_rows: int, fraction: float) -> int | None:
+    """Sequences of a micro-batch the MTP modules see (None: all of them)."""
+    return None if fraction >= 1 else max(1, math.ceil(fraction * batch_rows))
+
+
+def target_counts(batch: dict[str, torch.Tensor], mtp_depth: int, mtp_fraction: float = 1.0) -> list[int]:
     """[n_lm, n_mtp_1, ..., n_mtp_D]: the targets the model's losses average over (mirrors
-    ``DeepSeekV3.forward`` and ``mtp_losses``: depth k scores targets[:, k:] inside a document)."""
+    ``DeepSeekV3.forward`` and ``mtp_losses``: depth k scores targets[:, k:] inside a document,
+    on the first ``mtp_rows`` sequences)."""
     labels = batch.get("labels", batch["input_ids"])
     segments = batch.get("segment_ids")
     valid = next_token_targets(labels, batch.get("loss_mask"), segments) != IGNORE_INDEX
     counts = [int(valid.sum())]
     T = valid.shape[1]
+    rows = slice(0, mtp_rows(valid.shape[0], mtp_fraction))
     for k in range(1, mtp_depth + 1):
-        v = valid[:, k:]
+        v = valid[rows, k:]
         if segments is not None:
-            v = v & (segments[:, :T - k] == segments[:, k:])
+            v = v & (segments[rows, :T - k] == segments[rows, k:])
         counts.append(int(v.sum()))
     return counts
 
@@ -117,6 +124,9 @@ class StepStats:
     skipped: bool = False       # non-finite loss or gradient: no update was applied
     moe: dict[str, float] = field(default_factory=dict)
     extra_losses: dict[str, float] = field(default_factory=dict)   # LossTerm name -> per-target mean
+    # CPU wall seconds of this rank's forwards and of their MTP part (0 where not measured)
+    forward_seconds: float = 0.0
+    mtp_forward_seconds: float = 0.0
 
 
 class TrainStep:
@@ -126,7 +136,7 @@ class TrainStep:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, groups: ParallelGroups, *,
                  precision: str = "bf16", grad_clip: float | None = 1.0, bias_update_rate: float | None = None,
                  device: torch.device | None = None, loss_terms: Sequence[tuple[str, float, Callable]] = (),
-                 pipeline=None, reducer=None):
+                 pipeline=None, reducer=None, mtp_batch_fraction: float = 1.0):
         self.model, self.optimizer, self.groups = model, optimizer, groups
         self.loss_terms = list(loss_terms)   # (name, weight, fn) of opened LossTerms
         if pipeline is not None and self.loss_terms:
@@ -137,6 +147,9 @@ class TrainStep:
         self.precision, self.grad_clip, self.bias_update_rate = precision, grad_clip, bias_update_rate
         self.device = device or next(model.parameters()).device
         self.mtp_depth = model.config.num_nextn_predict_layers
+        if pipeline is not None and mtp_batch_fraction < 1:
+            raise ValueError("mtp_weight.batch_fraction < 1 is not supported with pipeline parallelism; use 1.0")
+        self.mtp_fraction = mtp_batch_fraction
 
     def __call__(self, micro_batches: list[dict[str, torch.Tensor]], lr: float, mtp_weight: float) -> StepStats:
         stats = self.accumulate_gradients(micro_batches, mtp_weight)
@@ -149,7 +162,8 @@ class TrainStep:
         # [n_lm, n_mtp_1..D, sequences, tokens, crc]; on the device: NCCL reduces only GPU tensors
         local = torch.zeros(D + 4, dtype=torch.float64, device=self.device)
         for mb in micro_batches:
-            local[:D + 1] += torch.tensor(target_counts(mb, D), dtype=torch.float64, device=self.device)
+            local[:D + 1] += torch.tensor(target_counts(mb, D, self.mtp_fraction), dtype=torch.float64,
+                                          device=self.device)
             local[D + 1] += mb["input_ids"].shape[0]
             local[D + 2] += mb["input_ids"].numel()
             local[D + 3] += batch_fingerprint(mb)
@@ -163,18 +177,21 @@ class TrainStep:
         loads = torch.zeros(n_layers, n_experts, dtype=torch.float64, device=self.device)
         # [lm, mtp (mean over depths), balance, dropped, *extra terms], each a global-batch share
         parts = torch.zeros(4 + len(self.loss_terms), dtype=torch.float64, device=self.device)
+        fwd_s = mtp_s = 0.0
         for i, mb in enumerate(micro_batches):
             # ZeRO-3: FSDP2 reduce-scatters once, after the last micro-batch's backward
             set_gradient_sync(self.model, i == len(micro_batches) - 1)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in mb.items()}
-            counts = target_counts(mb, D)
+            counts = target_counts(mb, D, self.mtp_fraction)
             with precision_autocast(self.precision, self.device.type):
                 out = self.model(batch["input_ids"], batch.get("labels", batch["input_ids"]),
                                  segment_ids=batch.get("segment_ids"), loss_mask=batch.get("loss_mask"),
-                                 return_logits=bool(self.loss_terms))
+                                 mtp_loss_weight=mtp_weight, return_logits=bool(self.loss_terms),
+                                 mtp_rows=mtp_rows(mb["input_ids"].shape[0], self.mtp_fraction))
             lm = out.lm_loss * _share(counts[0], n_lm)
+            # λ = 0: the model skipped its MTP modules (no losses, no cost)
             mtp = (sum(loss * _share(c, n) for loss, c, n in zip(out.mtp_losses, counts[1:], n_mtp, strict=True)) / D
-                   if D else lm.new_zeros(()))
+                   if D and out.mtp_losses else lm.new_zeros(()))
             bal = (out.balance_loss * _share(mb["input_ids"].shape[0], n_seq)
                    if out.balance_loss is not None else lm.new_zeros(()))
             extra = []
@@ -187,6 +204,8 @@ class TrainStep:
             parts += torch.stack([lm.detach().double(), mtp.detach().double(), bal.detach().double(),
                                   out.dropped_tokens.double(), *(e.detach().double() for e in extra)])
             loads += out.expert_load.double()
+            fwd_s += out.forward_seconds or 0.0
+            mtp_s += out.mtp_forward_seconds or 0.0
         self.reducer.reduce()
         # one all-reduce for everything the update and the logs need
         flat = self.groups.all_reduce_(torch.cat([loads.flatten(), parts]))
@@ -197,7 +216,7 @@ class TrainStep:
                          mtp_loss=parts[1], extra_losses=extra,
                          balance_loss=parts[2], mtp_weight=mtp_weight, target_tokens=int(n_lm),
                          input_tokens=int(totals[D + 2]), expert_load=loads.cpu(), dropped_tokens=int(parts[3]),
-                         data_fingerprint=int(totals[D + 3]))
+                         data_fingerprint=int(totals[D + 3]), forward_seconds=fwd_s, mtp_forward_seconds=mtp_s)
 
     def _accumulate_pipelined(self, micro_batches: list[dict[str, torch.Tensor]], mtp_weight: float,
                               totals: list[float]) -> StepStats:

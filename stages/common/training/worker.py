@@ -34,7 +34,7 @@ from stages.common.training.checkpoint import load_checkpoint, save_checkpoint
 from stages.common.training.config import TrainerConfig
 from stages.common.training.evaluation import evaluate
 from stages.common.training.faults import FaultInjector
-from stages.common.training.perf import device_peak, train_flops_per_token
+from stages.common.training.perf import device_peak, resolve_precision, train_flops_per_token
 from stages.common.training.schedule import learning_rate, mtp_weight
 from stages.common.training.state import TrainState
 from stages.common.training.step import LossTerm, TrainStep, build_optimizer
@@ -102,7 +102,8 @@ class WorkerRun:
                                      microbatches=cfg.num_microbatches, virtual_stages=par.virtual_stages,
                                      device=self.device)
         shard_experts(self.model, self.groups)
-        self.fp8_modules = prepare_model(self.model, cfg.precision)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.fp8_modules = prepare_model(self.model, self.precision)
         opt = cfg.optimizer
         reducer = None
         if par.zero == 1:
@@ -119,9 +120,10 @@ class WorkerRun:
                 reducer = GradientReducer(self.model, self.groups, dense_sharded=True)
             self.optimizer = build_optimizer(self.model, opt.lr, opt.betas, opt.weight_decay, opt.eps)
         terms = [(t.name, t.weight, t.open(self.device)) for t in job.loss_terms]
-        self.train_step = TrainStep(self.model, self.optimizer, self.groups, precision=cfg.precision,
+        self.train_step = TrainStep(self.model, self.optimizer, self.groups, precision=self.precision,
                                     grad_clip=opt.grad_clip, bias_update_rate=cfg.bias_update_rate, device=self.device,
-                                    loss_terms=terms, pipeline=self.pipeline, reducer=reducer)
+                                    loss_terms=terms, pipeline=self.pipeline, reducer=reducer,
+                                    mtp_batch_fraction=cfg.mtp_weight.batch_fraction)
         # the pp ranks of a pipeline read the same data: sources are opened per data-parallel rank
         data_rank, data_world = self.layout.data_rank(self.rank), self.layout.stage_size
         self.source = job.train_data.open(data_rank, data_world, cfg.micro_batch_size, cfg.seq_len, job.seed)
@@ -144,7 +146,7 @@ class WorkerRun:
         self.measure_peak()
         last = min(cfg.steps, cfg.stop_after_step or cfg.steps)
         self.log(f"{self.layout.describe()}, {self.job.threads} thread(s)/worker on {self.device}, precision "
-                 f"{cfg.precision}, steps {self.state.step + 1}..{last} of {cfg.steps}, micro-batch "
+                 f"{self.precision} ({cfg.precision}), steps {self.state.step + 1}..{last} of {cfg.steps}, micro-batch "
                  f"{cfg.micro_batch_size}x{cfg.seq_len} x{cfg.num_microbatches}, peak {self.peak / 1e12:.2f} TFLOP/s "
                  f"({self.peak_source})")
         while self.state.step < last:
@@ -159,7 +161,8 @@ class WorkerRun:
                 self.save(step, row)
         if self.rank != 0:
             return None
-        return {"state": self.state.to_dict(), "summary": _summary(self.state, self.flops_per_token, self.peak),
+        summary = {**_summary(self.state, self.flops_per_token, self.peak), "precision": self.precision}
+        return {"state": self.state.to_dict(), "summary": summary,
                 "peak_flops": self.peak, "peak_source": self.peak_source, "flops_per_token": self.flops_per_token}
 
     def resume(self) -> None:
@@ -178,14 +181,15 @@ class WorkerRun:
         self.state.attempts.append(self.state.step)
 
     def measure_peak(self) -> None:
-        """The MFU denominator: every worker's BF16 peak, measured at once, summed."""
-        peak, self.peak_source = device_peak(self.device)
+        """The MFU denominator: every worker's matmul peak in the training dtype, measured at once, summed."""
+        peak, self.peak_source = device_peak(self.device, self.precision)
         self.peak = self.groups.all_reduce_(torch.tensor([peak], dtype=torch.float64, device=self.device)).item()
         self.flops_per_token = train_flops_per_token(self.model.config, self.job.config.seq_len)
         if self.state.step == 0:
             self.tracker.log_metrics({"perf/peak_flops": self.peak, "perf/flops_per_token": self.flops_per_token,
                                       "model/parameters": float(sum(p.numel() for p in self.model.parameters()))})
-            self.tracker.set_tags({"train.peak_source": self.peak_source, "train.layout": self.layout.describe(),
+            self.tracker.set_tags({"train.precision": self.precision, "train.peak_source": self.peak_source,
+                                   "train.layout": self.layout.describe(),
                                    "train.fp8_modules": len(self.fp8_modules)})
 
     def step(self, step: int) -> dict[str, float]:
@@ -211,6 +215,10 @@ class WorkerRun:
         tok_s = w.tokens / w.seconds
         metrics = {f"train/{k}": row[k] for k in ("loss", "lm_loss", "mtp_loss", "balance_loss", "lr", "grad_norm",
                                                   "mtp_weight")}
+        if row["mtp_weight"] == 0:   # the MTP modules did not run: no loss to show
+            metrics.pop("train/mtp_loss")
+        if w.forward_seconds:        # CPU: MTP's share of the forward time over the window
+            metrics["perf/mtp_forward_share"] = w.mtp_forward_seconds / w.forward_seconds
         metrics.update({f"train/{name}": row[name] for name, _, _ in self.train_step.loss_terms})
         metrics.update({"train/tokens": self.state.input_tokens, "train/skipped_steps": self.state.skipped_steps,
                         "perf/tokens_per_s": tok_s, "perf/mfu": tok_s * mfu_of, "perf/step_s": w.seconds / w.steps,
@@ -228,7 +236,7 @@ class WorkerRun:
 
     def evaluate(self, step: int) -> None:
         val = evaluate(self.model, self.eval_sets, self.groups, token_bytes=self.token_bytes,
-                       precision=self.job.config.precision, device=self.device, pipeline=self.pipeline)
+                       precision=self.precision, device=self.device, pipeline=self.pipeline)
         self.state.evals.append({"step": step, **val})
         self.tracker.log_metrics(val, step=step)
         self.log(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(val.items())))
@@ -299,9 +307,12 @@ class _Window:
 
     def __init__(self):
         self.steps, self.tokens, self.seconds, self.dropped = 0, 0, 0.0, 0
+        self.forward_seconds = self.mtp_forward_seconds = 0.0
 
     def add(self, stats, seconds: float) -> None:
         self.steps += 1
+        self.forward_seconds += stats.forward_seconds
+        self.mtp_forward_seconds += stats.mtp_forward_seconds
         self.tokens += stats.input_tokens
         self.seconds += seconds
         self.dropped += stats.dropped_tokens
