@@ -12,7 +12,7 @@ STAGE = Stage(
     name="eval",
     config=EvalConfig,
     run="stages.eval.run:run",
-    upstream=("distill", "tokenizer"),
+    upstream=("distill", "tokenizer", "pretrain"),   # pretrain: the base, when no @base alias exists
     # generation and scoring run in the orchestrating task (eval.torch_threads threads); the
     # sandboxed code checks are its subprocesses
     resources=Resources(cpus=1),

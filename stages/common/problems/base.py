@@ -29,6 +29,12 @@ class Problem:
     data: dict[str, Any] = field(default_factory=dict)  # what the verifier / procedural teacher need
 
     @property
+    def task(self) -> str:
+        """The task it is reported under: ``data["task"]`` (e.g. an out-of-distribution probe of a
+        kind), else its kind."""
+        return str(self.data.get("task") or self.kind)
+
+    @property
     def verifier(self) -> str:
         return VERIFIER_OF_KIND.get(self.kind, self.kind)
 
