@@ -156,6 +156,10 @@ class DistillConfig(StageConfig):
                           f"got teacher.kind: {self.teacher.kind}")
         if self.teacher.kind != "dataset" and self.problems.n_train == 0:
             errors.append(f"problems.n_train is 0: the {self.teacher.kind} teacher needs prompts")
+        if self.teacher.kind == "procedural" and self.problems.gym is not None and self.problems.gym.weight > 0:
+            errors.append("problems.gym (reasoning-gym tasks) needs a teacher that writes its own reasoning "
+                          "(teacher.kind: openai | local | dataset); the procedural teacher only explains Whale's "
+                          "own families")
         if self.evaluation.enabled and self.problems.n_heldout == 0:
             errors.append("evaluation is enabled but problems.n_heldout is 0")
         if errors:

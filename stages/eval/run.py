@@ -274,6 +274,9 @@ def _run(cfg: EvalConfig, ctx: StageContext) -> dict[str, float | int | str]:
                    decision, table, base=(base, base_metrics, base_details), unigram=inputs.unigram)
     promoted = _promote(cfg, ctx, decision, candidate, champion, name, tracking_uri, same)
     summary = _summary(candidate, champion, cand_metrics, champ_metrics, decision, promoted, skipped)
+    summary["gate_reason"] = decision.message()
+    # every check with its numbers, for the report card (a list: not logged as a metric)
+    summary["gate_checks"] = [c.to_dict() for c in decision.checks]
     summary["base"] = base.label if base else "none"
     summary.update({f"base/{k}": v for k, v in (base_metrics or {}).items()})
     summary.update({f"unigram/{k}": v for k, v in inputs.unigram.items()})

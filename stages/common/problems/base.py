@@ -13,10 +13,10 @@ from typing import Any
 BOXED_INSTRUCTION = "Put the final answer in \\boxed{}."
 CODE_INSTRUCTION = "Answer with one ```python code block."
 
-KINDS = ("arithmetic", "linear", "countdown", "code")
+KINDS = ("arithmetic", "linear", "countdown", "code", "gym")
 # how each kind is verified (see stages.common.verify); "math" also covers dataset problems
 VERIFIER_OF_KIND = {"arithmetic": "math", "linear": "math", "math": "math",
-                    "countdown": "countdown", "code": "code"}
+                    "countdown": "countdown", "code": "code", "gym": "gym"}
 
 
 @dataclass(frozen=True)
