@@ -5,8 +5,8 @@
 
 - math (arithmetic, linear, dataset math): the answer is taken from the last ``\\boxed{}``
   (else an "answer: ..." line) and compared exactly as a rational number when both sides
-  parse as one, else symbolically in a worker process that is killed at a deadline: math-verify
-  (Hugging Face's checker) first, our sympy AST walk as the fallback. The caller uses no
+  parse as one, else symbolically in a worker process that is killed at a deadline: our sympy AST
+  walk, then math-verify (Hugging Face's checker) for what the walk cannot settle. The caller uses no
   signal.alarm (main-thread only), so this works in threads and Ray workers; no sympy
   ``parse_expr``/``eval`` on model output: our own AST walk builds the expression.
 - gym (reasoning-gym problems): the dataset's own ``score_answer`` on the extracted answer.
@@ -257,10 +257,26 @@ def sympy_equal(pred: str, gold: str) -> bool:
 
 
 def answers_equal(pred: str, gold: str) -> bool:
-    """Worker-side: math-verify first (Hugging Face's answer checker, what open-r1 uses: LaTeX and
-    plain expressions, sets, intervals, units), then our own sympy AST walk for what it cannot
-    parse. Either saying "equal" is enough; both run in this killable process, so math-verify's
-    own signal-based timeouts work (this is the process's main thread) and a runaway is killed."""
+    """Worker-side: our sympy AST walk first; what it cannot settle (LaTeX it does not read, sets,
+    intervals, units) goes to math-verify (Hugging Face's answer checker, what open-r1 uses). Either
+    saying "equal" is enough. What our walk refuses as dangerous (huge powers, calls, dunders) is
+    never handed on. Both run in this killable process: a runaway is killed at the deadline."""
+    try:
+        if sympy_equal(pred, gold):
+            return True
+        ours: Exception | None = None
+    except Exception as e:  # noqa: BLE001 - could not read it, or refused it
+        ours = e
+    if ours is not None and ("too large" in str(ours) or "__" in pred + gold):
+        raise ours
+    if _math_verify_equal(pred, gold):
+        return True
+    if ours is not None:
+        raise ours
+    return False
+
+
+def _math_verify_equal(pred: str, gold: str) -> bool:
     try:
         from math_verify import LatexExtractionConfig, parse, verify
 
@@ -268,11 +284,9 @@ def answers_equal(pred: str, gold: str) -> bool:
         # goes through sympy's parse_expr, which eval()s; plain expressions stay with our AST walk)
         latex = [LatexExtractionConfig()]
         g, p = parse(f"${gold}$", latex), parse(f"${pred}$", latex)
-        if g and p and verify(g, p):
-            return True
-    except Exception:  # noqa: BLE001 - fall back to the sympy comparison
-        pass
-    return sympy_equal(pred, gold)
+        return bool(g and p and verify(g, p))
+    except Exception:  # noqa: BLE001 - an unreadable answer is not equal
+        return False
 
 
 def _worker_main():
@@ -282,9 +296,8 @@ def _worker_main():
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # blow-ups become MemoryError
     import sympy  # noqa: F401 - import once, before the first request
 
-    # warm up before "ready": math-verify's LaTeX parser and sympy's simplification load on first use
-    answers_equal("\\frac{1}{2}", "0.5")
-    answers_equal("x^2+2x+1", "(x+1)^2")
+    # warm up before "ready": math-verify's LaTeX parser loads on first use
+    _math_verify_equal("\\frac{1}{2}", "0.5")
 
     out = sys.stdout
     sys.stdout = sys.stderr  # nothing but protocol lines on the real stdout

@@ -102,6 +102,10 @@ def run(cfg: DistillConfig, ctx: StageContext) -> dict[str, float | int | str]:
     (data_dir / "stats.json").write_text(json.dumps(stats, indent=2, default=str) + "\n")
     ctx.tracker.log_metrics(_data_metrics(split, result.stats, sft_stats))
     ctx.tracker.log_artifact(data_dir / "stats.json", "data")
+    for task, t in result.stats.get("by_kind", {}).items():
+        drops = {k.removeprefix("dropped/"): v for k, v in t.items() if k.startswith("dropped/")}
+        _log(f"rejection {task}: {t.get('prompts', 0)} prompts, {t.get('samples', 0)} samples, {t.get('verified', 0)} "
+             f"verified, {t.get('kept', 0)} unique kept ({t.get('kept_per_prompt', 0)} per prompt), dropped {drops}")
     _log(f"traces: kept {result.stats['kept']} of {result.stats['requested']} samples "
          f"(dropped {result.stats['dropped']}); SFT {len(train_set)} train / {len(val_set)} validation traces, "
          f"{sft_stats['train_tokens']:,} tokens ({sft_stats['target_tokens']:,} targets)")
