@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.distill.sft_data import SFTEvalData, SFTTrainData, collate
+from stages.distill.sft_data import SFTEvalData, SFTTrainData
 from tokenizer.shards import ShardReader
 
 
@@ -152,6 +152,3 @@ def validation_sources(shards: str | Path) -> list[str]:
     split = read_manifest(shards)["splits"].get("validation", {})
     return sorted(s for s, v in split.get("sources", {}).items() if v.get("tokens", v.get("documents", 0)))
 
-
-__all__ = ["ReplayMixData", "ReplayMixSource", "MixedEvalData", "replay_rows", "shard_rows_batch",
-           "validation_sources", "collate"]
