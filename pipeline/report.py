@@ -31,6 +31,9 @@ def render(name: str, results: list[StageResult], stages: dict[str, Stage], trac
     total = sum(r.wall_s or 0 for r in results if r.status == "ran")
     lines += ["", f"Total stage wall time this run: {fmt_duration(total)}", ""]
     for r in results:
+        if r.summary and r.summary.get("gate_checks"):
+            lines += _gate(r.summary)
+    for r in results:
         if not r.summary:
             continue
         lines += [f"## {r.name}", ""]
@@ -40,6 +43,18 @@ def render(name: str, results: list[StageResult], stages: dict[str, Stage], trac
         lines.append("")
     lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in environment().items()]
     return "\n".join(lines) + "\n"
+
+
+def _gate(summary: dict) -> list[str]:
+    """The deploy decision, each check with its numbers. Only checks that ran are listed; an
+    uninformative one (0 on both sides) says so and never reads as held."""
+    lines = ["## Gate", "", f"**{summary.get('gate', '?')}** ({summary.get('promoted', '')}): "
+             f"{summary.get('gate_reason', '')}", "",
+             "| metric | check | status | candidate | reference | detail |", "| --- | --- | --- | ---: | ---: | --- |"]
+    for c in summary["gate_checks"]:
+        lines.append(f"| {c['metric']} | {c['kind']} | {c['status']} | {fmt_value(c.get('candidate'))} "
+                     f"| {fmt_value(c.get('reference'))} | {c['detail']} |")
+    return lines + [""]
 
 
 def _headline(r: StageResult, stage: Stage | None) -> str:

@@ -5,9 +5,11 @@
 
 - math (arithmetic, linear, dataset math): the answer is taken from the last ``\\boxed{}``
   (else an "answer: ..." line) and compared exactly as a rational number when both sides
-  parse as one, else symbolically with sympy in a worker process that is killed at a
-  deadline. No signal.alarm (main-thread only), so this works in threads and Ray workers;
-  no sympy ``parse_expr``/``eval`` on model output: our own AST walk builds the expression.
+  parse as one, else symbolically in a worker process that is killed at a deadline: our sympy AST
+  walk, then math-verify (Hugging Face's checker) for what the walk cannot settle. The caller uses no
+  signal.alarm (main-thread only), so this works in threads and Ray workers; no sympy
+  ``parse_expr``/``eval`` on model output: our own AST walk builds the expression.
+- gym (reasoning-gym problems): the dataset's own ``score_answer`` on the extracted answer.
 - countdown: the expression is parsed with ``ast`` and only integer literals, + - * / and
   parentheses are accepted; evaluated with exact fractions; each given number used at most once.
 - code: the candidate and the problem's tests run in stages.common.sandbox.
@@ -254,12 +256,42 @@ def sympy_equal(pred: str, gold: str) -> bool:
     return False
 
 
+def answers_equal(pred: str, gold: str) -> bool:
+    """Worker-side: our sympy AST walk first; what it cannot read (LaTeX it does not know, sets,
+    intervals, units) goes to math-verify (Hugging Face's answer checker, what open-r1 uses). What
+    our walk refuses as dangerous (huge powers, dunders) is never handed on. Both run in this
+    killable process: a runaway is killed at the deadline."""
+    try:
+        return sympy_equal(pred, gold)   # read both sides: its verdict stands (and stays fast)
+    except Exception as e:  # noqa: BLE001 - could not read it, or refused it
+        if "too large" in str(e) or "__" in pred + gold:
+            raise
+        if _math_verify_equal(pred, gold):
+            return True
+        raise
+
+
+def _math_verify_equal(pred: str, gold: str) -> bool:
+    try:
+        from math_verify import LatexExtractionConfig, parse, verify
+
+        # LaTeX only: its grammar parser never evaluates text (math-verify's plain-expression path
+        # goes through sympy's parse_expr, which eval()s; plain expressions stay with our AST walk)
+        latex = [LatexExtractionConfig()]
+        g, p = parse(f"${gold}$", latex), parse(f"${pred}$", latex)
+        return bool(g and p and verify(g, p))
+    except Exception:  # noqa: BLE001 - an unreadable answer is not equal
+        return False
+
+
 def _worker_main():
     """Line protocol on stdin/stdout: {"pred", "gold"} -> {"equal": bool} | {"error": str}."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # blow-ups become MemoryError
     import sympy  # noqa: F401 - import once, before the first request
+
+    # math-verify loads lazily, on the first answer our walk cannot settle: workers start fast
 
     out = sys.stdout
     sys.stdout = sys.stderr  # nothing but protocol lines on the real stdout
@@ -268,7 +300,7 @@ def _worker_main():
     for line in sys.stdin:
         try:
             req = json.loads(line)
-            resp = {"equal": sympy_equal(req["pred"], req["gold"])}
+            resp = {"equal": answers_equal(req["pred"], req["gold"])}
         except Exception as e:  # noqa: BLE001 - a bad answer is an answer, not a crash
             resp = {"error": f"{type(e).__name__}: {e}"[:300]}
         out.write(json.dumps(resp) + "\n")
@@ -476,6 +508,14 @@ def verify(problem: Any, response: str, *, code_limits: SandboxLimits = CODE_LIM
         return math_equal(ans, str(p["answer"]), timeout_s=math_timeout_s)
     if kind == "countdown":
         return check_countdown(extract_answer(response), data["numbers"], data["target"])
+    if kind == "gym":   # reasoning-gym: the dataset's own scorer
+        from stages.common.problems.gym import score
+
+        ans = extract_answer(response)
+        if ans is None:
+            return Verdict(False, "no_answer")
+        ok = score(data, ans) >= 1.0
+        return Verdict(ok, "correct" if ok else "wrong", ans)
     if kind == "code":
         return check_code(extract_code(response), data["tests"], entry_point=data.get("entry_point"),
                           call_check=bool(data.get("call_check")), limits=code_limits)

@@ -191,15 +191,18 @@ class _Collector:
         self.received += o.received
         self.drops.update(o.drops)
         kept_here = 0
-        kind = self.by_kind[o.problem.kind]
+        kind = self.by_kind[getattr(o.problem, "task", o.problem.kind)]   # per task of the mix
         kind["prompts"] += 1
         kind["samples"] += requested
         kind["verified"] += len(o.candidates)
+        kind.update({f"dropped/{reason}": n for reason, n in o.drops.items()})
         for c, key in o.candidates:
             if key in self.seen:
                 self.drops["duplicate"] += 1
+                kind["dropped/duplicate"] += 1
             elif kept_here >= self.cfg.keep_per_prompt:
                 self.drops["over_keep_limit"] += 1
+                kind["dropped/over_keep_limit"] += 1
             else:
                 self.seen.add(key)
                 self.rows.append(to_row(o.problem, c, kept_here, self.teacher_name, o.system or self.cfg.system_prompt))
@@ -217,7 +220,9 @@ class _Collector:
             "verified_rate": round(sum(k["verified"] for k in self.by_kind.values()) / self.received, 4)
             if self.received else 0.0,
             "dropped": dict(sorted(self.drops.items())),
-            "by_kind": {k: dict(v) for k, v in sorted(self.by_kind.items())},
+            # per task: prompts, samples, verified, unique kept (and per prompt), why the rest were dropped
+            "by_kind": {k: {**dict(v), "kept_per_prompt": round(v["kept"] / v["prompts"], 3) if v["prompts"] else 0}
+                        for k, v in sorted(self.by_kind.items())},
             "mean_reasoning_tokens": round(sum(lengths) / kept, 1) if kept else 0.0,
             "max_reasoning_tokens": max(lengths, default=0),
             "seconds": round(seconds, 2), "teacher": teacher,

@@ -21,7 +21,6 @@ Output (``ctx.out``):
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -37,12 +36,12 @@ def run(cfg: DistillConfig, ctx: StageContext) -> dict[str, float | int | str]:
     import torch
 
     from model import DeepSeekV3, ModelConfig
+    from stages.common.evaluation import select_problems
     from stages.common.problems import build_split, write_problems
     from stages.common.training import TrainJob, fit, load_model
     from stages.common.training.plots import loss_curve_figure, save_figure
-    from stages.distill.evaluate import select_problems
     from stages.distill.rejection import rejection_sample, rejection_sample_dataset, write_jsonl
-    from stages.distill.sft_data import SFTEvalData, SFTTrainData, encode_traces
+    from stages.distill.sft_data import encode_traces
     from stages.distill.teachers import build_teacher
     from stages.distill.traces import decontaminate, split_validation
     from tokenizer import Tokenizer
@@ -69,7 +68,6 @@ def run(cfg: DistillConfig, ctx: StageContext) -> dict[str, float | int | str]:
 
     # -- problems: held-out first, train decontaminated against it -------------------------------
     split = build_split(cfg.problems, seed=seed)   # raises HeldOutLeak if the check fails
-    write_problems(split.heldout, data_dir / "heldout.jsonl")
     _log(f"problems: {len(split.train)} train, {len(split.heldout)} held-out, max {cfg.problems.ngram_n}-gram "
          f"overlap {split.overlap.max_overlap:.3f}")
 
@@ -104,29 +102,34 @@ def run(cfg: DistillConfig, ctx: StageContext) -> dict[str, float | int | str]:
     (data_dir / "stats.json").write_text(json.dumps(stats, indent=2, default=str) + "\n")
     ctx.tracker.log_metrics(_data_metrics(split, result.stats, sft_stats))
     ctx.tracker.log_artifact(data_dir / "stats.json", "data")
+    for task, t in result.stats.get("by_kind", {}).items():
+        drops = {k.removeprefix("dropped/"): v for k, v in t.items() if k.startswith("dropped/")}
+        _log(f"rejection {task}: {t.get('prompts', 0)} prompts, {t.get('samples', 0)} samples, {t.get('verified', 0)} "
+             f"verified, {t.get('kept', 0)} unique kept ({t.get('kept_per_prompt', 0)} per prompt), dropped {drops}")
     _log(f"traces: kept {result.stats['kept']} of {result.stats['requested']} samples "
          f"(dropped {result.stats['dropped']}); SFT {len(train_set)} train / {len(val_set)} validation traces, "
          f"{sft_stats['train_tokens']:,} tokens ({sft_stats['target_tokens']:,} targets)")
 
     # -- evaluation before: the base model --------------------------------------------------------
     ev = cfg.evaluation
-    heldout_eval = select_problems(split.heldout, ev.max_problems)
+    heldout_eval = select_problems(split.heldout, ev.max_problems) + _probe(cfg, seed)
+    write_problems(heldout_eval, data_dir / "heldout.jsonl")   # what the eval stage measures too
     reports = {}
     if ev.enabled:
-        with _torch_threads(ev.torch_threads):
-            reports["before"] = _evaluate(DeepSeekV3.from_pretrained(base).eval(), tok, heldout_eval, cfg, seed,
-                                          "before")
+        reports["before"] = _evaluate(DeepSeekV3.from_pretrained(base).eval(), tok, heldout_eval, cfg, seed, "before")
         ctx.tracker.log_metrics({f"eval/before/{k}": v for k, v in reports["before"].metrics.items()})
 
     # -- SFT on Ray Train (the shared trainer) ------------------------------------------------------
+    train_data, eval_data = _sft_data(cfg, ctx, tok, train_path, val_path if len(val_set) else None)
     job = TrainJob(config=cfg.train, init_from=str(base), tracker=ctx.tracker, seed=seed, label="distill",
-                   train_data=SFTTrainData(str(train_path), tok.pad_id, cfg.sft.packing),
-                   eval_data=(SFTEvalData(str(val_path), tok.pad_id, tok.token_byte_lengths(), cfg.sft.packing)
-                              if len(val_set) else None),
-                   loss_terms=kd_terms)
+                   train_data=train_data, eval_data=eval_data, loss_terms=kd_terms)
     epochs = cfg.train.steps * cfg.train.batch_size / max(1, _rows_estimate(train_set, seq_len, cfg.sft.packing))
+    if cfg.replay.enabled:
+        epochs *= 1 - cfg.replay.ratio
     _log(f"SFT from {base}: {cfg.train.steps} steps x {cfg.train.batch_size} rows x {seq_len} tokens "
-         f"(~{epochs:.1f} epochs), lr {cfg.train.optimizer.lr:g} {cfg.train.schedule.kind}, warmup "
+         f"(~{epochs:.1f} epochs of the traces"
+         f"{f', {cfg.replay.ratio:.0%} of rows replayed pretraining text' if cfg.replay.enabled else ''}), "
+         f"lr {cfg.train.optimizer.lr:g} {cfg.train.schedule.kind}, warmup "
          f"{cfg.train.schedule.warmup_steps}{', KD ' + cfg.kd.divergence if cfg.kd.enabled else ''}")
     t_fit = time.perf_counter()
     fit_result = fit(job, storage=cfg.train.checkpoint.storage or str(ctx.out / "ray"),
@@ -144,11 +147,10 @@ def run(cfg: DistillConfig, ctx: StageContext) -> dict[str, float | int | str]:
 
     # -- evaluation after: the exported model, as the eval and serve stages will load it -------------
     if ev.enabled:
-        with _torch_threads(ev.torch_threads):
-            reports["after"] = _evaluate(DeepSeekV3.from_pretrained(hf).eval(), Tokenizer.load(hf), heldout_eval,
-                                         cfg, seed, "after")
+        reports["after"] = _evaluate(DeepSeekV3.from_pretrained(hf).eval(), Tokenizer.load(hf), heldout_eval, cfg,
+                                     seed, "after")
         ctx.tracker.log_metrics({f"eval/after/{k}": v for k, v in reports["after"].metrics.items()})
-        _write_samples(ctx, reports, ev.table_rows)
+        _write_samples(ctx, reports, cfg.table_rows)
 
     # -- figures, metrics, registry --------------------------------------------------------------
     plots = ctx.out / "plots"
@@ -168,17 +170,20 @@ def run(cfg: DistillConfig, ctx: StageContext) -> dict[str, float | int | str]:
     if cfg.kd.enabled:
         summary["kd_loss"] = _round(fit_result.state.history[-1].get("kd_loss"))
     for label, report in reports.items():
-        m = report.metrics
-        summary[f"pass_at_1_{label}"] = _round(m["pass_at_1"])
-        for k in cfg.evaluation.pass_at:
-            summary[f"pass_at_{k}_{label}"] = _round(m[f"pass_at_{k}"])
-        summary[f"format_{label}"] = _round(m["format"])
-        summary[f"reasoning_tokens_{label}"] = _round(m["reasoning_tokens"], 1)
+        for k, v in report.metrics.items():
+            if k.endswith(("greedy_pass_at_1", "_ci_low", "_ci_high", "format", "reasoning_tokens")) or \
+                    k.startswith("pass_at_"):
+                summary[f"{label}/{k}"] = _round(v)
         summary[f"eval_seconds_{label}"] = round(report.seconds, 1)
     if len(reports) == 2:
-        gain = reports["after"].metrics["pass_at_1"] - reports["before"].metrics["pass_at_1"]
-        summary["pass_at_1_gain"] = _round(gain)
+        b, a = reports["before"].metrics, reports["after"].metrics
+        summary["pass_at_1_before"] = _round(b.get("greedy_pass_at_1"))
+        summary["pass_at_1_after"] = _round(a.get("greedy_pass_at_1"))
+        summary["pass_at_1_gain"] = _round(a["greedy_pass_at_1"] - b["greedy_pass_at_1"])
         ctx.tracker.log_metrics({"eval/pass_at_1_gain": summary["pass_at_1_gain"]})
+    for key in ("val_bpb_web", "val_bpb_code", "val_loss_traces"):   # general text after SFT
+        if s.get(key) is not None:
+            summary[key] = _round(s[key])
     version = ctx.tracker.register_model(hf, name=ctx.name, alias="candidate")
     if version:
         summary["registered_version"] = version
@@ -228,17 +233,30 @@ def _kd_term(cfg: DistillConfig, tok):
     return LogitDistillation(str(path), tok.vocab_size, cfg.kd.divergence, cfg.kd.weight, cfg.kd.temperature)
 
 
+def _probe(cfg: DistillConfig, seed: int) -> list:
+    """The out-of-distribution probe's problems (never trained on), or none."""
+    from stages.common.problems import rng_for
+    from stages.common.problems.arithmetic import ArithmeticConfig, probe
+
+    if cfg.probe is None:
+        return []
+    return probe(cfg.probe.task, cfg.probe.n, ArithmeticConfig(**cfg.probe.arithmetic), rng_for(seed, "probe"))
+
+
 def _evaluate(model, tok, problems, cfg: DistillConfig, seed: int, label: str):
-    from stages.distill.evaluate import evaluate_reasoning
+    from stages.common.evaluation import evaluate_reasoning
 
     ev = cfg.evaluation
     _log(f"evaluating the {'base' if label == 'before' else 'distilled'} model on {len(problems)} held-out "
-         f"problems x {ev.samples} samples (T={ev.temperature}, <= {ev.max_new_tokens} new tokens)")
+         f"problems (greedy{f' + {ev.sampling.samples} samples' if ev.sampling.samples else ''}, "
+         f"<= {ev.sampling.max_new_tokens} new tokens)")
     report = evaluate_reasoning(model, tok, problems, ev, seed=seed, label=label, log=_log)
     m = report.metrics
-    _log(f"{label}: pass@1 {m['pass_at_1']:.3f}, " + ", ".join(f"pass@{k} {m[f'pass_at_{k}']:.3f}"
-                                                              for k in ev.pass_at if k != 1)
-         + f", format {m['format']:.3f}, reasoning {m['reasoning_tokens']:.1f} tokens ({report.seconds:.1f}s)")
+    tasks = sorted({p.task for p in problems})
+    _log(f"{label}: " + "; ".join(
+        f"{t} greedy pass@1 {m[f'{t}/greedy_pass_at_1']:.3f} [{m[f'{t}/greedy_pass_at_1_ci_low']:.3f}, "
+        f"{m[f'{t}/greedy_pass_at_1_ci_high']:.3f}]" for t in tasks if f"{t}/greedy_pass_at_1" in m)
+        + f"; format {m['format']:.3f} ({report.seconds:.1f}s)")
     return report
 
 
@@ -250,13 +268,31 @@ def _write_samples(ctx: StageContext, reports: dict, table_rows: int) -> None:
     samples = ctx.out / "samples"
     for label, report in reports.items():
         write_jsonl(report.records, samples / f"{label}.jsonl")
-    firsts = {label: [r for r in report.records if r["sample"] == 0][:table_rows] for label, report in reports.items()}
+    firsts = {label: [r for r in report.records if r["sample"] in ("greedy", 0)][:table_rows]
+              for label, report in reports.items()}
     table = [r for pair in zip(*firsts.values(), strict=False) for r in pair]
     if table:
         ctx.tracker.log_table([{k: r[k] for k in ("model", "id", "prompt", "reasoning", "answer", "expected",
                                                   "verdict", "correct", "format_issue")} for r in table],
                               "samples/heldout_generations.json")
     ctx.tracker.log_artifacts(samples, "samples")
+
+
+def _sft_data(cfg: DistillConfig, ctx: StageContext, tok, train_path: Path, val_path: Path | None):
+    """The trainer's data recipes: packed traces (plus replayed pretraining rows), and the
+    validation sets (held-back traces, plus general text per source when ``replay.track``)."""
+    from stages.distill.replay import MixedEvalData, ReplayMixData, validation_sources
+    from stages.distill.sft_data import SFTEvalData, SFTTrainData
+
+    shards = ctx.input("tokenizer") / "shards"
+    train = SFTTrainData(str(train_path), tok.pad_id, cfg.sft.packing)
+    if cfg.replay.enabled:
+        train = ReplayMixData(train, str(shards), cfg.replay.ratio, tok.pad_id)
+    traces = SFTEvalData(str(val_path), tok.pad_id, tok.token_byte_lengths(), cfg.sft.packing) if val_path else None
+    sources = tuple(validation_sources(shards)) if cfg.replay.track else ()
+    if not sources:
+        return train, traces
+    return train, MixedEvalData(traces, str(shards), sources, tok.pad_id, tok.token_byte_lengths())
 
 
 def _data_metrics(split, rejection: dict, sft: dict) -> dict[str, float]:
@@ -274,24 +310,6 @@ def _data_metrics(split, rejection: dict, sft: dict) -> dict[str, float]:
 
 def _rows_estimate(data, seq_len: int, packing: bool) -> int:
     return max(1, -(-int(data.lengths.sum()) // seq_len)) if packing else len(data)
-
-
-class _torch_threads:
-    """Generation threads for a block (restored after)."""
-
-    def __init__(self, n: int | None):
-        self.n = n or max(1, len(os.sched_getaffinity(0)))
-
-    def __enter__(self):
-        import torch
-
-        self.saved = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.saved)
 
 
 def _round(v, digits: int = 4):

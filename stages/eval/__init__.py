@@ -12,14 +12,15 @@ STAGE = Stage(
     name="eval",
     config=EvalConfig,
     run="stages.eval.run:run",
-    upstream=("distill", "tokenizer"),
+    upstream=("distill", "tokenizer", "pretrain"),   # pretrain: the base, when no @base alias exists
     # generation and scoring run in the orchestrating task (eval.torch_threads threads); the
     # sandboxed code checks are its subprocesses
     resources=Resources(cpus=1),
-    code=("stages.eval", "stages.common.problems", "stages.common.verify", "stages.common.sandbox", "model",
-          "tokenizer"),
-    key_metric="candidate/reasoning/pass_at_1",
-    headline=("gate", "candidate/reasoning/pass_at_1", "candidate/humaneval/pass_at_1", "candidate/lm/web/bpb"),
+    code=("stages.eval", "stages.common.problems", "stages.common.verify", "stages.common.sandbox",
+          "stages.common.evaluation", "stages.common.scoring", "model", "tokenizer"),
+    key_metric="candidate/reasoning/arithmetic/greedy_pass_at_1",
+    headline=("gate", "candidate/reasoning/arithmetic/greedy_pass_at_1", "base/reasoning/arithmetic/greedy_pass_at_1",
+              "candidate/lm/web/bpb", "base/lm/web/bpb"),
     description="bits-per-byte, held-out reasoning pass@k, HumanEval, lm-eval tasks; candidate vs champion; "
                 "the gate that moves the champion alias",
 )

@@ -108,3 +108,39 @@ def validation_texts(shards_dir, source: str, max_bytes: int | None) -> list[str
         if max_bytes is not None and size >= max_bytes:
             break
     return out
+
+
+def train_token_counts(shards_dir, vocab_size: int):
+    """Occurrences of every id in the training split (all sources), read in chunks."""
+    import numpy as np
+
+    from tokenizer.shards import read_manifest
+
+    manifest = read_manifest(shards_dir)
+    dtype = np.dtype(manifest["dtype"])
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for source in manifest["splits"].get("train", {}).get("sources", {}).values():
+        for info in source["shards"]:
+            data = np.memmap(f"{shards_dir}/{info['path']}", dtype=dtype, mode="r")
+            for i in range(0, len(data), 1 << 24):
+                counts += np.bincount(data[i:i + (1 << 24)], minlength=vocab_size)[:vocab_size]
+    return counts
+
+
+def unigram_bits_per_byte(counts, tokenizer, texts: Iterable[str]) -> BpbResult:
+    """The context-free baseline on exactly the tokens and bytes :func:`bits_per_byte` scores:
+    p(t) = (count(t) + 1) / (N + V), Laplace-smoothed token frequencies of the training split. A
+    model above it has unlearnt even which tokens are common."""
+    import numpy as np
+
+    logp = np.log2((np.asarray(counts, dtype=np.float64) + 1) / (float(np.sum(counts)) + len(counts)))
+    bits, n_bytes, n_tokens, n_docs = 0.0, 0, 0, 0
+    for text in texts:
+        ids = tokenizer.encode(text)
+        if not ids:
+            continue
+        bits -= float(logp[np.asarray(ids)].sum())
+        n_bytes += len(text.encode("utf-8"))
+        n_tokens += len(ids)
+        n_docs += 1
+    return BpbResult(bits, n_bytes, n_tokens, n_docs)

@@ -17,7 +17,7 @@ def _num(v) -> float | None:
 
 
 def rows(candidate: Mapping[str, float], champion: Mapping[str, float] | None,
-         checks: Sequence[Check] = ()) -> list[dict]:
+         checks: Sequence[Check] = (), base: Mapping[str, float] | None = None) -> list[dict]:
     gate_status: dict[str, list[str]] = {}
     for c in checks:
         gate_status.setdefault(c.metric, []).append(f"{c.kind}:{c.status}")
@@ -27,7 +27,7 @@ def rows(candidate: Mapping[str, float], champion: Mapping[str, float] | None,
         delta = cand - champ if cand is not None and champ is not None else None
         out.append({"suite": SUITE_NAMES.get(metric.split("/", 1)[0], "other"), "metric": metric,
                     "better": better_direction(metric) or "-",
-                    "candidate": cand, "champion": champ, "delta": delta,
+                    "candidate": cand, "champion": champ, "delta": delta, "base": _num((base or {}).get(metric)),
                     "gate": ", ".join(gate_status.get(metric, [])) or "-"})
     return out
 
@@ -37,8 +37,8 @@ def markdown(table: Sequence[dict], candidate_label: str, champion_label: str | 
         return "-" if v is None else f"{v:.4g}"
 
     lines = [f"| suite | metric | better | candidate ({candidate_label}) | champion ({champion_label or 'none'}) "
-             f"| delta | gate |", "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+             f"| delta | base | gate |", "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in table:
         lines.append(f"| {r['suite']} | {r['metric']} | {r['better']} | {f(r['candidate'])} | {f(r['champion'])} "
-                     f"| {f(r['delta'])} | {r['gate']} |")
+                     f"| {f(r['delta'])} | {f(r.get('base'))} | {r['gate']} |")
     return "\n".join(lines) + "\n"

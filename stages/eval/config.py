@@ -6,7 +6,7 @@
       champion_alias: champion     # the alias compared against, and moved to the candidate on a pass
       allow_regression: false      # --allow-regression: see GateConfig
       language_modelling: {enabled: true, max_bytes_per_source: 65536, seq_len: 512}
-      reasoning: {enabled: true, max_problems: 24, samples: 4, temperature: 0.6, top_p: 0.95}
+      reasoning: {enabled: true, max_problems: 192, greedy: true, sampling: {samples: 4, temperature: 0.6}}
       humaneval: {enabled: true, max_problems: 8, samples: 10}
       harness: {enabled: true, tasks: [arc_easy], backend: whale, limit: 20}
       gate: {rules: [{metric: reasoning/pass_at_1, max_regression: 0.05}, ...]}
@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.stage import StageConfig
+from stages.common.evaluation import ReasoningEvalConfig
 
 HELDOUT_FILE = "heldout.jsonl"
 
@@ -82,27 +83,13 @@ class LanguageModellingSuite(StageConfig):
     batch_size: int = Field(8, ge=1)
 
 
-class ReasoningSuite(StageConfig):
-    """The distill stage's held-out verifiable problems (math, countdown, code with tests)."""
+class ReasoningSuite(ReasoningEvalConfig):
+    """The distill stage's held-out verifiable problems (the headline task, the out-of-distribution
+    probe, any other task of the mix), through the shared evaluator (stages/common/evaluation.py):
+    greedy pass@1 with a Wilson interval and sampled pass@k with bootstrap intervals, per task."""
 
-    enabled: bool = True
     problems_file: str = HELDOUT_FILE            # under <distill out>/data/
-    # a deterministic subset, interleaved across problem kinds; None: all
-    max_problems: int | None = Field(24, ge=1)
-    samples: int = Field(4, ge=1, le=256)        # n completions per problem
-    pass_at: list[int] = Field(default_factory=lambda: [1, 4])
-    system_prompt: str | None = None
-    sampling: SamplingSection = Field(default_factory=SamplingSection)
-    verify_workers: int = Field(2, ge=1, le=64)
-    math_timeout_s: float = Field(5.0, gt=0)
-    code_wall_s: float = Field(10.0, gt=0)
-    code_cpu_s: float = Field(5.0, gt=0)
-    code_memory_mb: int = Field(1024, ge=64)
-
-    @model_validator(mode="after")
-    def _k_within_n(self) -> "ReasoningSuite":
-        _check_pass_at(self.pass_at, self.samples, "reasoning")
-        return self
+    max_problems: int | None = Field(192, ge=1)  # a deterministic subset, interleaved across tasks
 
 
 class HumanEvalSuite(StageConfig):
@@ -171,35 +158,61 @@ class HarnessSuite(StageConfig):
 
 
 class GateRule(StageConfig):
-    """One metric's conditions. ``floor``: the worst acceptable value (a minimum when higher is better,
-    a maximum when lower is better). ``max_regression``: how much worse than the champion the
-    candidate may be, in the metric's units. A metric that was not measured fails a required rule;
-    a NaN always fails."""
+    """One metric's conditions, each optional:
+
+    floor            the worst acceptable value (a minimum when higher is better, a maximum when lower)
+    max_regression   how much worse than the champion the candidate may be, in the metric's units
+    regression_test  "ci": against the champion, fail only when the paired 95 % interval of
+                     (candidate - champion) lies wholly on the worse side: a regression beyond the
+                     run-to-run noise the interval measures (reasoning metrics, paired per problem)
+    base_tolerance   relative: at most (1 + t) x the base's value (lower is better), at least (1 - t) x
+    gain_over_base   the paired 95 % interval of (candidate - base) must lie wholly on the better side
+    below_unigram    bits per byte: never worse than the unigram model of the training tokens
+
+    A metric that was not measured fails a required rule; a NaN always fails. A comparison where
+    both sides are 0 is uninformative: it never counts as a check that held."""
 
     metric: str = Field(min_length=1)
     direction: Literal["higher", "lower"] | None = None   # None: from the name (bpb lower, rates higher)
     floor: float | None = None
     max_regression: float | None = Field(None, ge=0)
+    regression_test: Literal["threshold", "ci"] = "threshold"
+    base_tolerance: float | None = Field(None, ge=0)
+    gain_over_base: bool = False
+    below_unigram: bool = False
     required: bool = True
 
     @property
     def higher_is_better(self) -> bool:
         return self.direction == "higher" if self.direction else not lower_is_better(self.metric)
 
+    @property
+    def needs_base(self) -> bool:
+        return self.base_tolerance is not None or self.gain_over_base
+
     @model_validator(mode="after")
     def _has_a_condition(self) -> "GateRule":
-        if self.floor is None and self.max_regression is None:
-            raise ValueError(f"gate rule for {self.metric!r} has neither floor nor max_regression")
+        if (self.floor is None and self.max_regression is None and self.regression_test != "ci"
+                and not self.needs_base and not self.below_unigram):
+            raise ValueError(f"gate rule for {self.metric!r} has no condition (floor, max_regression, "
+                             f"regression_test: ci, base_tolerance, gain_over_base or below_unigram)")
+        if self.below_unigram and not re.search(r"^lm/[^/]+/bpb$", self.metric):
+            raise ValueError(f"below_unigram applies to lm/<source>/bpb metrics, not {self.metric!r}")
         return self
 
 
+HEADLINE_TASK = "arithmetic"
+
+
 def _default_rules() -> list[GateRule]:
-    # bpb floor 8: a model worse than the raw UTF-8 bytes themselves is broken
-    return [GateRule(metric="reasoning/pass_at_1", max_regression=0.05),
+    # reasoning: a gain over the base that its 95 % interval makes clear, on the headline task, and
+    # no regression against the champion beyond noise; general text: within 10 % of the base and
+    # below the unigram baseline (bpb floor 8: worse than the raw UTF-8 bytes means broken)
+    return [GateRule(metric=f"reasoning/{HEADLINE_TASK}/greedy_pass_at_1", gain_over_base=True,
+                     regression_test="ci"),
             GateRule(metric="reasoning/format", max_regression=0.10),
-            GateRule(metric="humaneval/pass_at_1", max_regression=0.05),
-            GateRule(metric="lm/web/bpb", floor=8.0, max_regression=0.05),
-            GateRule(metric="lm/code/bpb", floor=8.0, max_regression=0.05)]
+            GateRule(metric="lm/web/bpb", floor=8.0, base_tolerance=0.10, below_unigram=True, max_regression=0.05),
+            GateRule(metric="lm/code/bpb", floor=8.0, below_unigram=True, max_regression=0.05)]
 
 
 class GateConfig(StageConfig):
@@ -219,6 +232,10 @@ class EvalConfig(StageConfig):
     candidate: str | None = None
     champion_alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]+$")
     candidate_alias: str = Field("candidate", pattern=r"^[A-Za-z0-9_-]+$")
+    # the pretrained base, measured like the candidate (gain and general-text checks): null is
+    # models:/<name>@<base_alias> (pretrain registers it), else the pretrain stage's output
+    base: str | None = None
+    base_alias: str = Field("base", pattern=r"^[A-Za-z0-9_-]+$")
     allow_regression: bool = False
     language_modelling: LanguageModellingSuite = Field(default_factory=LanguageModellingSuite)
     reasoning: ReasoningSuite = Field(default_factory=ReasoningSuite)
@@ -234,7 +251,7 @@ class EvalConfig(StageConfig):
     # auto: CUDA when this process sees a GPU, else CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    @field_validator("candidate")
+    @field_validator("candidate", "base")
     @classmethod
     def _model_ref(cls, v: str | None) -> str | None:
         if v is None:

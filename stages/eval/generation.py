@@ -2,7 +2,7 @@
 
 Every completion's seed is a function of (pipeline seed, item id, sample index) only, so the
 candidate and the champion see the same seeds, and a row's tokens do not depend on which other
-rows share its batch (model.generate keeps one generator per row).
+rows share its batch (the engine keeps one generator per request).
 """
 
 from __future__ import annotations
@@ -64,28 +64,31 @@ class Sample:
 
 def sample_many(lm: LoadedModel, prompts: Sequence[list[int]], seeds: Sequence[int], sampling: SamplingSection,
                 log: Callable[[str], None] | None = None, what: str = "") -> list[Sample]:
-    """Sample one completion per (prompt, seed) row, ``sampling.batch_size`` rows per generate call."""
+    """One completion per (prompt, seed) row through ``model.engine`` (continuous batching,
+    ``sampling.batch_size`` KV-cache slots, ids past the tokenizer masked)."""
+    from model.engine import Engine, EngineConfig, GenerationParams
+
     ctx = lm.context_length
     out: list[Sample | None] = [None] * len(prompts)
-    rows = []
-    for i, p in enumerate(prompts):
-        if len(p) + sampling.max_new_tokens > ctx:
-            out[i] = Sample([], "too_long")
-        else:
-            rows.append(i)
-    # similar lengths together: less padding work in each decode step's attention
-    rows.sort(key=lambda i: len(prompts[i]))
-    t0, done = time.perf_counter(), 0
-    for start in range(0, len(rows), sampling.batch_size):
-        batch = rows[start:start + sampling.batch_size]
-        gens = lm.model.generate([prompts[i] for i in batch], max_new_tokens=sampling.max_new_tokens,
-                                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                 seed=[seeds[i] for i in batch], stop_token_ids=[lm.tokenizer.eos_id])
-        for i, g in zip(batch, gens, strict=True):
-            out[i] = Sample(list(g.tokens), g.finish_reason)
-        done += len(batch)
+    rows = [i for i, p in enumerate(prompts) if len(p) + sampling.max_new_tokens <= ctx]
+    for i in set(range(len(prompts))) - set(rows):
+        out[i] = Sample([], "too_long")
+    if rows:
+        t0 = time.perf_counter()
+        slots = min(sampling.batch_size, len(rows))
+        longest = max(len(prompts[i]) for i in rows) + sampling.max_new_tokens
+        engine = Engine(lm.model, EngineConfig(num_slots=slots, max_seq_len=longest, use_mtp=False,
+                                               max_num_batched_tokens=max(256, 4 * slots)),
+                        eos_token_ids=[lm.tokenizer.eos_id], vocab_size=lm.tokenizer.vocab_size)
+        params = [GenerationParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                   top_p=sampling.top_p, top_k=sampling.top_k, seed=seeds[i]) for i in rows]
+        for i, c in zip(rows, engine.generate([prompts[i] for i in rows], params), strict=True):
+            ids = list(c.token_ids)
+            if c.finish_reason == "stop" and ids and ids[-1] == c.stop_token_id:
+                ids = ids[:-1]
+            out[i] = Sample(ids, c.finish_reason)
         if log:
-            log(f"{what}: {done}/{len(rows)} completions ({time.perf_counter() - t0:.0f}s)")
+            log(f"{what}: {len(rows)} completions ({time.perf_counter() - t0:.0f}s)")
     return out  # type: ignore[return-value]
 
 

@@ -47,8 +47,10 @@ class Inputs:
         self.problems: list = []
         self.humaneval: list[dict] = []
         self.harness = None
+        self.unigram: dict[str, float] = {}
         if cfg.language_modelling.enabled:
             self.validation = self._validation_texts(cfg, ctx)
+            self.unigram = self._unigram(ctx)
         if cfg.reasoning.enabled:
             self.problems = self._problems(cfg, ctx)
         if cfg.humaneval.enabled:
@@ -85,10 +87,19 @@ class Inputs:
                                      f"records {recorded:,}: the tokenizer stage's output is inconsistent")
         return texts
 
+    def _unigram(self, ctx: StageContext) -> dict[str, float]:
+        """``lm/<source>/bpb`` of the unigram model of the training tokens, on the same text."""
+        from stages.eval.bpb import train_token_counts, unigram_bits_per_byte
+        from tokenizer import Tokenizer
+
+        tok = Tokenizer.load(ctx.input("tokenizer") / "tokenizer")
+        counts = train_token_counts(ctx.input("tokenizer") / "shards", tok.vocab_size)
+        return {f"lm/{s}/bpb": unigram_bits_per_byte(counts, tok, texts).bpb for s, texts in self.validation.items()}
+
     @staticmethod
     def _problems(cfg: EvalConfig, ctx: StageContext) -> list:
+        from stages.common.evaluation import select_problems
         from stages.common.problems import read_problems
-        from stages.eval.reasoning import select_problems
 
         path = ctx.input("distill") / "data" / cfg.reasoning.problems_file
         if not path.is_file():
@@ -128,11 +139,13 @@ def evaluate_model(path: Path, cfg: EvalConfig, inputs: Inputs, seed: int, label
             from stages.eval import reasoning
 
             t0 = time.perf_counter()
-            m, records = reasoning.evaluate(lm, inputs.problems, cfg.reasoning, seed, _log)
+            m, records = reasoning.evaluate(lm, inputs.problems, cfg.reasoning, seed, _log, label)
             metrics.update(m)
             details["samples"]["reasoning"] = records
             details["timings"]["reasoning"] = time.perf_counter() - t0
-            _log(f"{label}: reasoning pass@1 {m['reasoning/pass_at_1']:.3f}, format {m['reasoning/format']:.3f}")
+            _log(f"{label}: reasoning " + "; ".join(
+                f"{k.removeprefix('reasoning/')} {v:.3f} [{m[k + '_ci_low']:.3f}, {m[k + '_ci_high']:.3f}]"
+                for k, v in m.items() if k.endswith(("greedy_pass_at_1", "pass_at_1")) and k + "_ci_low" in m))
         if cfg.humaneval.enabled:
             from stages.eval import humaneval
 
@@ -179,6 +192,34 @@ def _candidate(cfg: EvalConfig, ctx: StageContext, tracking_uri: str | None) -> 
     return registry.resolve(str(local), None)
 
 
+def _base(cfg: EvalConfig, ctx: StageContext, name: str, tracking_uri: str | None) -> registry.ModelRef | None:
+    """The pretrained base the candidate was distilled from: eval.base, else models:/NAME@base,
+    else the pretrain stage's output folder."""
+    if cfg.base:
+        return registry.resolve(cfg.base, tracking_uri)
+    found = registry.find_alias(name, cfg.base_alias, tracking_uri) if tracking_uri else None
+    if found is not None:
+        return found
+    local = ctx.inputs.get("pretrain")
+    if local is not None and (local / "hf" / "config.json").is_file():
+        return registry.resolve(str(local / "hf"), None)
+    return None
+
+
+def _paired(cfg: EvalConfig, seed: int, cand_details: dict, others: dict[str, dict | None]
+            ) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """Paired differences of the reasoning metrics, candidate minus base / champion."""
+    from stages.eval.reasoning import paired_metrics
+
+    out = {}
+    mine = (cand_details or {}).get("samples", {}).get("reasoning")
+    for role, details in others.items():
+        theirs = (details or {}).get("samples", {}).get("reasoning")
+        if mine and theirs:
+            out.update({(metric, role): v for metric, v in paired_metrics(mine, theirs, cfg.reasoning, seed).items()})
+    return out
+
+
 def run(cfg: EvalConfig, ctx: StageContext) -> dict[str, float | int | str]:
     import torch
 
@@ -201,6 +242,8 @@ def _run(cfg: EvalConfig, ctx: StageContext) -> dict[str, float | int | str]:
     same = champion is not None and champion.uri == candidate.uri
     _log(f"candidate {candidate.label} ({candidate.requested}); champion "
          f"{champion.label if champion else 'none'}{' (the candidate itself)' if same else ''}")
+    base = _base(cfg, ctx, name, tracking_uri)
+    _log(f"base: {base.label if base else 'none (no @base alias, no pretrain output)'}")
     inputs = Inputs(cfg, ctx)
 
     scratch = Path(tempfile.mkdtemp(prefix="whale-eval-"))
@@ -212,23 +255,43 @@ def _run(cfg: EvalConfig, ctx: StageContext) -> dict[str, float | int | str]:
             champ_metrics, champ_details = evaluate_model(registry.fetch(champion, scratch / "champion", tracking_uri),
                                                           cfg, inputs, ctx.seed, "champion")
         elif same:
-            champ_metrics = dict(cand_metrics)   # the same weights: the comparison is with itself
+            champ_metrics, champ_details = dict(cand_metrics), cand_details   # the same weights
+        base_metrics, base_details = None, None
+        if base is not None:
+            base_metrics, base_details = evaluate_model(registry.fetch(base, scratch / "base", tracking_uri),
+                                                        cfg, inputs, ctx.seed, "base")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    paired = _paired(cfg, ctx.seed, cand_details, {"base": base_details, "champion": champ_details})
     skipped = (cand_details.get("harness") or {}).get("skipped", {})
     missing = {m: f"lm-eval task {t} skipped: {why}" for t, why in skipped.items()
                for m in (r.metric for r in cfg.gate.rules) if m.startswith(f"lm_eval/{t}/")}
     decision = gate.decide(cfg.gate.rules, cand_metrics, champ_metrics, allow_regression=cfg.allow_regression,
-                           missing_reason=missing)
-    table = comparison.rows(cand_metrics, champ_metrics, decision.checks)
+                           missing_reason=missing, base=base_metrics, paired=paired, unigram=inputs.unigram)
+    table = comparison.rows(cand_metrics, champ_metrics, decision.checks, base=base_metrics)
     _write_outputs(ctx.out, cfg, candidate, champion, cand_metrics, champ_metrics, cand_details, champ_details,
-                   decision, table)
+                   decision, table, base=(base, base_metrics, base_details), unigram=inputs.unigram)
     promoted = _promote(cfg, ctx, decision, candidate, champion, name, tracking_uri, same)
     summary = _summary(candidate, champion, cand_metrics, champ_metrics, decision, promoted, skipped)
+    summary["gate_reason"] = decision.message()
+    # every check with its numbers, for the report card (a list: not logged as a metric)
+    summary["gate_checks"] = [c.to_dict() for c in decision.checks]
+    summary["base"] = base.label if base else "none"
+    summary.update({f"base/{k}": v for k, v in (base_metrics or {}).items()})
+    summary.update({f"unigram/{k}": v for k, v in inputs.unigram.items()})
     summary["wall_s"] = round(time.perf_counter() - t_start, 1)
     _track(ctx, cfg, candidate, champion, cand_metrics, champ_metrics, decision, table, promoted, skipped)
+    ctx.tracker.log_metrics({f"base/{k}": v for k, v in (base_metrics or {}).items()})
+    ctx.tracker.log_metrics({f"unigram/{k}": v for k, v in inputs.unigram.items()})
+    ctx.tracker.log_metrics({"gate/uninformative": len(decision.uninformative)})
     _log(decision.message())
+    if not decision.passed:
+        # one line a user reads first: what refused the candidate, and what serve will do
+        _log(f"REFUSED {candidate.label}: " + "; ".join(c.detail for c in decision.failures[:3])
+             + f". The {cfg.champion_alias!r} alias stays on "
+             + (f"{champion.label}: serve keeps the champion." if champion
+                else "nothing: there is no champion to serve."))
     if not decision.passed and not cfg.allow_regression:
         raise GateFailed(_failure_message(cfg, ctx, decision, candidate, champion))
     return summary
@@ -286,7 +349,7 @@ def _summary(candidate, champion, cand: dict, champ: dict | None, decision: gate
 
 
 def _write_outputs(out: Path, cfg, candidate, champion, cand, champ, cand_details, champ_details, decision,
-                   table) -> None:
+                   table, base=(None, None, None), unigram=None) -> None:
     def record(ref, metrics, details):
         details = details or {}
         return {"model": ref.as_dict(), "metrics": metrics, "timings": details.get("timings"),
@@ -295,13 +358,15 @@ def _write_outputs(out: Path, cfg, candidate, champion, cand, champ, cand_detail
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({
         "candidate": record(candidate, cand, cand_details),
-        "champion": record(champion, champ, champ_details) if champion else None}, indent=2, default=str))
+        "champion": record(champion, champ, champ_details) if champion else None,
+        "base": record(base[0], base[1], base[2]) if base[0] else None,
+        "unigram": unigram}, indent=2, default=str))
     (out / "gate.json").write_text(json.dumps(_gate_record(decision, candidate, champion, cfg), indent=2))
     champion_label = champion.label if champion else None
     (out / "comparison.md").write_text(comparison.markdown(table, candidate.label, champion_label))
     samples = out / "samples"
     samples.mkdir(exist_ok=True)
-    for label, details in (("candidate", cand_details), ("champion", champ_details)):
+    for label, details in (("candidate", cand_details), ("champion", champ_details), ("base", base[2])):
         for suite, records in ((details or {}).get("samples") or {}).items():
             with open(samples / f"{label}-{suite}.jsonl", "w", encoding="utf-8") as f:
                 for r in records[:cfg.keep_samples]:
@@ -310,6 +375,7 @@ def _write_outputs(out: Path, cfg, candidate, champion, cand, champ, cand_detail
 
 def _gate_record(decision: gate.Decision, candidate, champion, cfg) -> dict:
     return {"verdict": decision.verdict, "message": decision.message(), "allow_regression": cfg.allow_regression,
+            "uninformative": [f"{c.metric} ({c.kind})" for c in decision.uninformative],
             "candidate": candidate.as_dict(), "champion": champion.as_dict() if champion else None,
             "checks": [c.to_dict() for c in decision.checks],
             "rules": [r.model_dump() for r in cfg.gate.rules]}

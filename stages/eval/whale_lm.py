@@ -2,7 +2,7 @@
 
     loglikelihood          log p(continuation | context) and whether greedy decoding would produce it
     loglikelihood_rolling  log p(text), scored in windows like bits-per-byte
-    generate_until         model.generate (greedy unless the task samples), cut at the task's stop strings
+    generate_until         model.engine (greedy unless the task samples), cut at the task's stop strings
 
 Contexts start after an EOS (our document separator) unless they are a rendered chat, which
 starts with BOS and is encoded with its special tokens.
@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from lm_eval.api.model import LM
 
 from stages.eval.bpb import windows
-from stages.eval.generation import LoadedModel, decode
+from stages.eval.config import SamplingSection
+from stages.eval.generation import LoadedModel, decode, sample_many
 
 
 class WhaleLM(LM):
@@ -108,14 +109,12 @@ class WhaleLM(LM):
             temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0
             top_p = float(kwargs.get("top_p", 1.0)) if temperature > 0 else 1.0
             prompts = [self._context_ids(requests[i].args[0])[-(self.max_length - max_new):] for i in members]
-            for start in range(0, len(members), self.batch_size):
-                idx = members[start:start + self.batch_size]
-                gens = self.model.generate(prompts[start:start + self.batch_size], max_new_tokens=max_new,
-                                           temperature=temperature, top_p=top_p,
-                                           seed=[self.seed + i for i in idx], stop_token_ids=[self.tok.eos_id])
-                for i, g in zip(idx, gens, strict=True):
-                    text = decode(self.lm, g.tokens)
-                    cut = min((j for s in until if s and (j := text.find(s)) != -1), default=len(text))
-                    out[i] = text[:cut]
+            sampling = SamplingSection(temperature=temperature, top_p=top_p, max_new_tokens=max_new,
+                                       batch_size=self.batch_size)
+            samples = sample_many(self.lm, prompts, [self.seed + i for i in members], sampling)
+            for i, sample in zip(members, samples, strict=True):
+                text = decode(self.lm, sample.tokens)
+                cut = min((j for s in until if s and (j := text.find(s)) != -1), default=len(text))
+                out[i] = text[:cut]
         print(f"[eval] lm-eval: {len(requests)} generations ({time.perf_counter() - t0:.0f}s)", flush=True)
         return out  # type: ignore[return-value]

@@ -153,3 +153,34 @@ def test_problems_roundtrip_through_jsonl(tmp_path):
     path.write_text(json.dumps({"id": "x"}) + "\n")
     with pytest.raises(ValueError, match="heldout.jsonl:1"):
         read_problems(path)
+
+
+# -- reasoning-gym ---------------------------------------------------------------------------------
+
+def test_reasoning_gym_task_mix_generates_splits_and_verifies():
+    from stages.common.problems import ProblemsConfig, build_split
+    from stages.common.verify import verify
+
+    cfg = ProblemsConfig(n_train=20, n_heldout=8, arithmetic=None, linear=None, countdown=None, code=None,
+                         gym={"tasks": [{"name": "basic_arithmetic", "weight": 2,
+                                         "config": {"min_terms": 2, "max_terms": 3, "max_digits": 2}},
+                                        {"name": "chain_sum"}]})
+    split = build_split(cfg, seed=0)
+    assert len(split.train) == 20 and len(split.heldout) == 8
+    assert not {p.id for p in split.train} & {p.id for p in split.heldout}
+    assert {p.task for p in split.train + split.heldout} <= {"basic_arithmetic", "chain_sum"}
+    for p in split.heldout:
+        assert p.kind == "gym" and p.verifier == "gym"
+        assert verify(p, f"so \\boxed{{{p.answer}}}").correct                       # the scorer accepts the answer
+        assert not verify(p, "\\boxed{123456789}").correct                           # and rejects a wrong one
+        assert verify(p, "no box here").reason in ("no_answer", "wrong")
+
+
+def test_unknown_reasoning_gym_task_fails_at_config_time():
+    import pytest
+    from pydantic import ValidationError
+
+    from stages.common.problems import ProblemsConfig
+
+    with pytest.raises(ValidationError, match="no_such_dataset"):
+        ProblemsConfig(gym={"tasks": [{"name": "no_such_dataset"}]})

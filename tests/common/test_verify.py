@@ -208,3 +208,16 @@ def test_verify_many_keeps_the_input_order():
     items = [(SUM_EVENS, f"```python\n{SUM_EVENS.answer}```"), (SUM_EVENS, "no code"),
              (SUM_EVENS, f"```python\n{SUM_EVENS.data['buggy']}```")]
     assert [v.reason for v in verify_many(items, workers=3)] == ["correct", "no_answer", "wrong"]
+
+
+@pytest.mark.parametrize("pred, gold, correct", [
+    ("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}", True),          # math-verify simplifies LaTeX
+    ("\\{1, 2\\}", "\\{2, 1\\}", True),                     # sets, order-free
+    ("\\frac{\\sqrt{8}}{3}", "\\sqrt{2}", False),
+    ("x^2 + 2x + 1", "(x+1)^2", True),
+])
+def test_math_verify_judges_latex_answers(pred, gold, correct):
+    from stages.common.verify import math_equal
+
+    v = math_equal(pred, gold, timeout_s=30.0)
+    assert v.correct is correct and v.reason == ("correct" if correct else "wrong"), v

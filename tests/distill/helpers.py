@@ -30,11 +30,15 @@ def trace_rows(n_train: int = 200, seed: int = 0) -> list[dict]:
 
 def train_tokenizer(rows: list[dict], path: Path):
     """A byte-fallback BPE trained on the rendered traces (a few seconds), saved to ``path``."""
+    from itertools import islice
+
     from tokenizer import Tokenizer, TrainSettings, train_sentencepiece
+    from tokenizer.local_corpus import web_documents
     from tokenizer.training import min_vocab_size
 
-    texts = [_plain(r) for r in rows]
-    tok = Tokenizer(train_sentencepiece(texts * 3, TrainSettings(vocab_size=min_vocab_size() + 96),
+    # the compact traces alone are too little text for the smallest vocabulary: add some prose
+    texts = [_plain(r) for r in rows] * 3 + [d["text"][:4000] for d in islice(web_documents(), 30)]
+    tok = Tokenizer(train_sentencepiece(texts, TrainSettings(vocab_size=min_vocab_size() + 96),
                                         log=lambda *_: None).model_proto)
     path.mkdir(parents=True, exist_ok=True)
     tok.save(path)
@@ -59,4 +63,28 @@ def micro_checkpoint(path: Path, tok, seed: int = 0, **overrides) -> Path:
     torch.manual_seed(seed)
     DeepSeekV3(cfg).save_pretrained(path)
     tok.save(path)
+    return path
+
+
+def tiny_shards(path: Path, tok, n_docs: int = 40) -> Path:
+    """A tokenizer-stage shards folder (train and validation splits of local prose, source "web"),
+    for the replay of pretraining text in SFT."""
+    from itertools import islice
+
+    import numpy as np
+
+    from tokenizer.local_corpus import web_documents
+    from tokenizer.shards import ShardWriter, SourceStats, build_manifest, write_manifest
+
+    docs = [d for d in islice(web_documents(), n_docs + 8) if d["text"].strip()]
+    stats: dict = {"train": {}, "validation": {}}
+    for split, part in (("train", docs[:-8]), ("validation", docs[-8:])):
+        w = ShardWriter(path, split, "web-00000", np.uint16, tok.eos_id, keep_text=True)
+        for d in part:
+            text = d["text"][:6000]
+            w.add(d["id"], tok.encode(text), len(text.encode()), text)
+        st = SourceStats()
+        st.add(w.close())
+        stats[split]["web"] = st
+    write_manifest(path, build_manifest(np.uint16, tok.vocab_size, tok.eos_id, {"web": 1.0}, stats))
     return path

@@ -6,22 +6,35 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from stages.common.evaluation import (
+    GREEDY,
+    Graded,
+    ReasoningEvalConfig,
+    SamplingConfig,
+    VerifierConfig,
+    grade_all,
+    select_problems,
+    summarize,
+)
 from stages.common.problems import ProblemsConfig, build_split
 from stages.common.scoring import pass_at_k, reasoning_span
-from stages.common.verify import Verdict
-from stages.distill.config import DistillConfig, EvaluationConfig
-from stages.distill.evaluate import Graded, grade_all, select_problems, summarize
+from stages.distill.config import DistillConfig
 from stages.distill.traces import decontaminate, split_validation
 from tests.distill.helpers import ARITHMETIC_ONLY, trace_rows, train_tokenizer
 
 # -- config ----------------------------------------------------------------------------------------
 
 
-def test_tiny_default_is_arithmetic_with_an_r1_style_schedule():
+def test_tiny_default_is_arithmetic_with_a_fine_tuning_recipe():
     cfg = DistillConfig()
     assert cfg.teacher.kind == "procedural" and set(cfg.problems.kinds()) == {"arithmetic"}
     s = cfg.train.schedule
     assert s.kind == "cosine" and s.min_lr_ratio == 0.1 and 0.03 <= s.warmup_steps / cfg.train.steps <= 0.1
+    # below pretraining's learning rate, no MTP loss, pretraining text replayed, one sample per prompt
+    # from the deterministic procedural teacher, greedy evaluation with an out-of-distribution probe
+    assert cfg.train.optimizer.lr < 3e-3 and cfg.train.mtp_weight.initial == cfg.train.mtp_weight.final == 0
+    assert cfg.replay.enabled and 0 < cfg.replay.ratio < 1 and cfg.rejection.samples_per_prompt == 1
+    assert cfg.evaluation.greedy and cfg.probe.task == "arithmetic_3digit"
 
 
 def test_overrides_merge_into_the_tiny_defaults():
@@ -35,7 +48,7 @@ def test_overrides_merge_into_the_tiny_defaults():
 
 @pytest.mark.parametrize("bad, match", [
     ({"kd": {"enabled": True}}, "teacher.kind: local"),
-    ({"evaluation": {"samples": 2, "pass_at": [1, 4]}}, "pass_at"),
+    ({"evaluation": {"sampling": {"samples": 2}, "pass_at": [1, 4]}}, "pass_at"),
     ({"train": {"batch_sz": 4}}, "batch_sz"),
     ({"teacher": {"kind": "openai", "base_url": "ftp://x", "model": "m"}}, "base_url"),
     ({"problems": {"n_heldout": 0}}, "n_heldout is 0"),
@@ -72,7 +85,7 @@ def test_reasoning_span_names_the_format_problem():
     assert reasoning_span([think, end, 30], think, end) == (0, "empty_reasoning")
 
 
-def test_select_problems_round_robins_kinds():
+def test_select_problems_round_robins_tasks():
     split = build_split(ProblemsConfig(n_train=10, n_heldout=12, countdown=None, code=None), seed=0)
     picked = select_problems(split.heldout, 4)
     assert len(picked) == 4 and {p.kind for p in picked} == {"arithmetic", "linear"}
@@ -92,26 +105,27 @@ def test_grading_verifies_the_answer_and_checks_the_format(tok):
 
     good = f"<think>\nwork\n</think>\n\n\\boxed{{{p.answer}}}"
     generated = [
-        (p, 0, ids(good), "stop"),
+        (p, GREEDY, ids(good), "stop"),
         (p, 1, ids(f"<think>\nwork\n</think>\n\n\\boxed{{{int(p.answer) + 1}}}"), "stop"),
         (p, 2, ids(f"\\boxed{{{p.answer}}}"), "stop"),                   # right, but no reasoning
         (p, 3, ids(good), "length"),                                       # cut off at the token limit
     ]
-    graded = grade_all(tok, generated, EvaluationConfig(samples=4, pass_at=[1, 4]))
-    assert [g.verdict.correct for g in graded] == [True, False, True, True]
+    graded = grade_all(tok, generated, VerifierConfig())
+    assert [g.correct for g in graded] == [True, False, True, True]
     assert [g.format_issue for g in graded] == [None, None, "no_reasoning", "truncated"]
     assert graded[0].reasoning == "work" and graded[0].reasoning_tokens == len(ids("\nwork\n"))
-    m = summarize(graded, [1, 4])
-    assert m["pass_at_1"] == pytest.approx(0.75) and m["pass_at_4"] == 1.0 and m["format"] == 0.5
-    assert m["format_issue/no_reasoning"] == 1 and m["arithmetic/pass_at_1"] == pytest.approx(0.75)
+    m = summarize(graded, ReasoningEvalConfig(sampling=SamplingConfig(samples=3), pass_at=[1, 3]))
+    assert m["greedy_pass_at_1"] == 1.0 and m["pass_at_1"] == pytest.approx(2 / 3) and m["pass_at_3"] == 1.0
+    assert m["format"] == 0.5 and m["format_issue/no_reasoning"] == 1
+    assert m["arithmetic/pass_at_1"] == pytest.approx(2 / 3)
 
 
 def test_summarize_averages_over_problems_not_samples():
     split = build_split(ProblemsConfig(n_train=0, n_heldout=2, **ARITHMETIC_ONLY), seed=2)
     a, b = split.heldout
-    graded = [Graded(a, i, "r", "x", 3, None, Verdict(True, "correct")) for i in range(2)]
-    graded += [Graded(b, i, "r", "x", 5, None, Verdict(False, "wrong")) for i in range(2)]
-    m = summarize(graded, [1, 2])
+    graded = [Graded(a, i, "r", "x", 3, None, True, "correct") for i in range(2)]
+    graded += [Graded(b, i, "r", "x", 5, None, False, "wrong") for i in range(2)]
+    m = summarize(graded, ReasoningEvalConfig(sampling=SamplingConfig(samples=2), pass_at=[1, 2]))
     assert m["pass_at_1"] == 0.5 and m["pass_at_2"] == 0.5 and m["reasoning_tokens"] == 4 and m["problems"] == 2
 
 

@@ -12,7 +12,7 @@ from pipeline.config import GlobalConfig
 from pipeline.stage import StageContext
 from pipeline.tracking import Tracker
 from stages.distill.config import DistillConfig
-from tests.distill.helpers import micro_checkpoint, trace_rows, train_tokenizer
+from tests.distill.helpers import micro_checkpoint, tiny_shards, trace_rows, train_tokenizer
 
 NAME = "distill-stage-test"
 CONFIG = {
@@ -20,7 +20,10 @@ CONFIG = {
     "train": {"steps": 12, "batch_size": 4, "seq_len": 256, "log_every": 4, "parallel": {"dp": 1, "ep": 1},
               "optimizer": {"lr": 3e-3}, "checkpoint": {"every": 6}, "eval": {"every": 6, "batches": 1}},
     "sft": {"val_fraction": 0.1},
-    "evaluation": {"max_problems": 6, "samples": 2, "pass_at": [1, 2], "max_new_tokens": 40, "table_rows": 4},
+    "evaluation": {"max_problems": 6, "sampling": {"samples": 2, "max_new_tokens": 40}, "pass_at": [1, 2]},
+    "probe": {"n": 3},
+    "table_rows": 4,
+    "replay": {"ratio": 0.5},
 }
 
 
@@ -29,6 +32,7 @@ def upstream(tmp_path_factory):
     """A tokenizer-stage output and a pretrain-stage output (a random micro model + tokenizer files)."""
     root = tmp_path_factory.mktemp("distill-upstream")
     tok = train_tokenizer(trace_rows(200), root / "tokenizer" / "tokenizer")
+    tiny_shards(root / "tokenizer" / "shards", tok)
     micro_checkpoint(root / "pretrain" / "hf", tok)
     return {"tokenizer": root / "tokenizer", "pretrain": root / "pretrain"}
 
@@ -56,7 +60,8 @@ def test_outputs_follow_the_stage_contract(stage):
     out, summary, _, _ = stage
     heldout = read_problems(out / "data" / "heldout.jsonl")
     train = read_jsonl(out / "data" / "train.jsonl")
-    assert len(heldout) == 8 and len(train) > 50
+    assert len(heldout) == 6 + 3 and len(train) > 50          # the evaluated held-out problems + the probe
+    assert {p.task for p in heldout} == {"arithmetic", "arithmetic_3digit"}
     assert not {p.id for p in heldout} & {r["problem_id"] for r in train}
     roles = [m["role"] for m in train[0]["messages"]]
     assert roles == ["user", "assistant"] and train[0]["messages"][1]["reasoning_content"]
@@ -70,12 +75,13 @@ def test_outputs_follow_the_stage_contract(stage):
 
 def test_summary_has_before_and_after(stage):
     _, s, _, _ = stage
-    for key in ("pass_at_1_before", "pass_at_1_after", "pass_at_2_before", "pass_at_2_after", "format_before",
-                "format_after", "reasoning_tokens_after", "train_loss", "val_loss"):
+    for key in ("pass_at_1_before", "pass_at_1_after", "before/pass_at_2", "after/pass_at_2", "before/format",
+                "after/format", "after/arithmetic/greedy_pass_at_1_ci_high", "after/arithmetic_3digit/greedy_pass_at_1",
+                "after/reasoning_tokens", "train_loss", "val_loss", "val_bpb_web"):
         assert math.isfinite(s[key]), key
-    assert 0 <= s["pass_at_1_after"] <= s["pass_at_2_after"] <= 1
+    assert 0 <= s["after/pass_at_1"] <= s["after/pass_at_2"] <= 1
     assert s["steps"] == 12 and s["registered_version"] == "1"
-    assert s["format_before"] == 0.0   # a random model never writes a think block, an answer and EOS
+    assert s["before/format"] == 0.0   # a random model never writes a think block, an answer and EOS
 
 
 def test_distilled_model_loads_standalone(stage):
@@ -98,11 +104,12 @@ def test_distilled_model_loads_standalone(stage):
 def test_mlflow_has_metrics_table_and_candidate_alias(stage):
     out, s, client, run_id = stage
     metrics = client.get_run(run_id).data.metrics
-    for key in ("eval/before/pass_at_1", "eval/after/pass_at_1", "eval/after/format", "eval/pass_at_1_gain",
+    for key in ("eval/before/greedy_pass_at_1", "eval/after/greedy_pass_at_1", "eval/after/format",
+                "eval/pass_at_1_gain", "val/bpb/web",
                 "data/kept", "data/keep_rate", "problems/max_overlap", "sft/train_traces", "train/loss",
                 "train/lm_loss", "val/loss"):
         assert key in metrics, key
-    assert metrics["eval/after/pass_at_1"] == pytest.approx(s["pass_at_1_after"], abs=1e-4)
+    assert metrics["eval/after/greedy_pass_at_1"] == pytest.approx(s["pass_at_1_after"], abs=1e-4)
     assert any(k.startswith("data/dropped/") for k in metrics)
     version = client.get_model_version_by_alias(NAME, "candidate")
     assert version.version == "1" and version.run_id == run_id

@@ -56,23 +56,34 @@ def test_sampling_is_deterministic_per_seed(problems):
 
 
 def _column_results(lines: list[str]) -> list[int]:
-    return [int(m.group(1)) for line in lines for m in [re.search(r"write (\d+)", line)] if m]
+    return [int(m.group(1)) for line in lines for m in [re.search(r"= (\d+)(,|$)", line)] if m]
 
 
-@pytest.mark.parametrize("a,b", [(478, 96), (999, 1), (0, 0), (5, 123456)])
-def test_addition_trace_writes_the_sum_digit_by_digit(a, b):
+@pytest.mark.parametrize("a,b", [(478, 96), (999, 1), (0, 0), (5, 123456), (47, 38), (5, 74)])
+def test_addition_trace_is_compact_column_arithmetic(a, b):
     lines, r = arithmetic_trace(a, "+", b)
-    assert r == a + b and lines[-1] == f"Result: {a + b}."
-    digits = _column_results(lines)
-    assert int("".join(map(str, reversed(digits)))) == a + b
+    assert r == a + b and lines[0] == f"{a} + {b}" and lines[-1] == f"= {a + b}"
+    sums = _column_results(lines[1:-1])           # one line per column, right to left
+    assert len(sums) == max(len(str(a)), len(str(b)))
+    assert int(str(sums[-1]) + "".join(str(s % 10) for s in reversed(sums[:-1]))) == a + b
+    assert not any(w in " ".join(lines) for w in ("column", "Result", "write"))   # no template words
 
 
-@pytest.mark.parametrize("a,b", [(478, 96), (100, 99), (12, 478), (7, 7)])
+@pytest.mark.parametrize("a,b", [(478, 96), (100, 99), (12, 478), (7, 7), (43, 8), (2, 9)])
 def test_subtraction_trace(a, b):
     lines, r = arithmetic_trace(a, "-", b)
-    assert r == a - b and lines[-1] == f"Result: {a - b}."
+    assert r == a - b and lines[0] == f"{a} - {b}" and lines[-1] == f"= {a - b}"
     if a < b:
-        assert "make it negative" in lines[0]
+        assert lines[1] == f"= -({b} - {a})"
+    digits = _column_results(lines[2 if a < b else 1:-1])
+    assert int("".join(map(str, reversed(digits)))) == abs(a - b)
+
+
+def test_borrow_is_shown_on_the_column_that_needs_it():
+    lines, _ = arithmetic_trace(43, "-", 8)
+    assert lines == ["43 - 8", "13 - 8 = 5, borrow 1", "4 - 0 - 1 = 3", "= 35"]
+    lines, _ = arithmetic_trace(62, "+", 78)
+    assert lines == ["62 + 78", "2 + 8 = 10", "6 + 7 + 1 = 14", "= 140"]
 
 
 @pytest.mark.parametrize("a,b", [(478, 96), (12, 5), (99, 99), (305, 40)])

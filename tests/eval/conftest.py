@@ -54,7 +54,8 @@ def eval_tokenizer(corpus):
 
 @pytest.fixture(scope="session")
 def tokenizer_out(tmp_path_factory, eval_tokenizer, corpus) -> Path:
-    """What the tokenizer stage leaves: tokenizer/ and shards/ (train: empty; validation: 8 docs per source)."""
+    """What the tokenizer stage leaves: tokenizer/ and shards/ (validation: the last 8 docs per source;
+    train: the others)."""
     import numpy as np
 
     from tokenizer.shards import ShardWriter, SourceStats, build_manifest, write_manifest
@@ -65,6 +66,13 @@ def tokenizer_out(tmp_path_factory, eval_tokenizer, corpus) -> Path:
     shards = root / "shards"
     stats: dict[str, dict[str, SourceStats]] = {"train": {}, "validation": {}}
     for source, docs in corpus.items():
+        # train: what the unigram baseline counts (and a "trained" test model learns from)
+        w = ShardWriter(shards, "train", f"{source}-00000", np.uint16, tok.eos_id)
+        for d in docs[:-8]:
+            w.add(d["id"], tok.encode(d["text"]), len(d["text"].encode()))
+        st = SourceStats()
+        st.add(w.close())
+        stats["train"][source] = st
         w = ShardWriter(shards, "validation", f"{source}-00000", np.uint16, tok.eos_id, keep_text=True)
         for d in docs[-8:]:
             text = d["text"][:3000]

@@ -220,3 +220,98 @@ def test_cli_flags_become_config_overrides():
     assert overrides == ["eval.candidate=models:/tiny@candidate", "eval.allow_regression=true"]
     cfg = parse_config({"name": "tiny"}, default_stages(), overrides)
     assert cfg["eval"].candidate == "models:/tiny@candidate" and cfg["eval"].allow_regression
+
+
+# -- checks against the base, the unigram baseline and measured noise ------------------------------
+
+def test_general_text_must_stay_near_the_base_and_below_the_unigram_model():
+    rule = GateRule(metric="lm/web/bpb", base_tolerance=0.10, below_unigram=True)
+    base, unigram = {"lm/web/bpb": 2.0}, {"lm/web/bpb": 2.75}
+    assert decide([rule], {"lm/web/bpb": 2.19}, None, base=base, unigram=unigram).passed
+    d = decide([rule], {"lm/web/bpb": 2.3}, None, base=base, unigram=unigram)        # 1.15x the base
+    assert [c.kind for c in d.failures] == ["vs_base"] and "1.150x" in d.failures[0].detail
+    d = decide([GateRule(metric="lm/web/bpb", base_tolerance=1.0, below_unigram=True)], {"lm/web/bpb": 3.0}, None,
+               base=base, unigram=unigram)                                          # within 2x, above unigram
+    assert [c.kind for c in d.failures] == ["unigram"] and "NOT below the unigram baseline" in d.message()
+    d = decide([rule], {"lm/web/bpb": 2.0}, None, base=None, unigram=unigram)        # no base measured
+    assert [c.kind for c in d.failures] == ["vs_base"]
+
+
+def test_reasoning_gain_must_be_clear_and_zero_against_zero_proves_nothing():
+    rule = GateRule(metric="reasoning/arithmetic/greedy_pass_at_1", gain_over_base=True)
+    m = "reasoning/arithmetic/greedy_pass_at_1"
+    clear = decide([rule], {m: 0.35}, None, base={m: 0.0}, paired={(m, "base"): (0.35, 0.27, 0.43)})
+    assert clear.passed and clear.checks[0].kind == "gain"
+    noise = decide([rule], {m: 0.06}, None, base={m: 0.03}, paired={(m, "base"): (0.03, -0.02, 0.08)})
+    assert not noise.passed and "not distinguishable from noise" in noise.message()
+    zero = decide([rule], {m: 0.0}, None, base={m: 0.0}, paired={(m, "base"): (0.0, 0.0, 0.0)})
+    assert not zero.passed and zero.uninformative and "uninformative" in zero.message()
+
+
+def test_champion_regression_beyond_noise_fails_within_noise_passes_zero_is_uninformative():
+    m = "reasoning/arithmetic/greedy_pass_at_1"
+    rule = GateRule(metric=m, regression_test="ci")
+    assert decide([rule], {m: 0.30}, {m: 0.33}, paired={(m, "champion"): (-0.03, -0.09, 0.03)}).passed
+    d = decide([rule], {m: 0.10}, {m: 0.33}, paired={(m, "champion"): (-0.23, -0.30, -0.16)})
+    assert not d.passed and "worse beyond noise" in d.message()
+    d = decide([GateRule(metric="humaneval/pass_at_1", max_regression=0.05)], {"humaneval/pass_at_1": 0.0},
+               {"humaneval/pass_at_1": 0.0})
+    assert d.passed and d.checks[0].status == "uninformative" and not d.checks[0].informative
+    assert "held" in d.message() and "uninformative (not counted): humaneval/pass_at_1" in d.message()
+    assert sum(c.status == "pass" for c in d.checks) == 0
+
+
+def _sgd_steps(src, dst, tokenizer_out, *, lr: float, steps: int, seed: int = 0):
+    """``steps`` real AdamW steps of next-token training on the training shards, from model ``src``."""
+    import shutil
+
+    import torch
+
+    from model import DeepSeekV3
+    from tokenizer.shards import ShardReader
+
+    torch.manual_seed(seed)
+    model = DeepSeekV3.from_pretrained(src).train()
+    reader = ShardReader(tokenizer_out / "shards", "train", 63, sources=["web"], mix="natural", seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for step in range(steps):
+        ids = torch.stack([torch.from_numpy(reader[(step * 8 + i) % len(reader)]) for i in range(8)])
+        loss = model(ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    shutil.copytree(src, dst)
+    model.eval().save_pretrained(dst)
+    return dst
+
+
+def test_damaged_candidate_is_refused_against_the_base_and_the_champion_stays(
+        registry, mlflow_server, models, tmp_path, tokenizer_out, distill_out, capsys):
+    """What `--set distill.train.optimizer.lr=0.5` makes: the base fine-tuned at lr 0.5 for a few steps.
+    The base (a model trained at a sane rate, below the unigram baseline) is champion and @base."""
+    client, name, exp = registry
+    base = _sgd_steps(models["random"], tmp_path / "base", tokenizer_out, lr=3e-3, steps=40)
+    damaged = _sgd_steps(base, tmp_path / "damaged", tokenizer_out, lr=0.5, steps=6, seed=1)
+    v_base = _register(client, exp, mlflow_server, name, base, alias="base")
+    client.set_registered_model_alias(name, "champion", v_base)
+    v_bad = _register(client, exp, mlflow_server, name, damaged)
+    rules = {"rules": [{"metric": "lm/web/bpb", "base_tolerance": 0.10, "below_unigram": True, "max_regression": 0.05},
+                       {"metric": "lm/code/bpb", "below_unigram": True}]}
+    err, run_id = _evaluate(client, exp, mlflow_server, name, tmp_path, tokenizer_out, distill_out, gate=rules)
+    assert isinstance(err, GateFailed), err
+    assert _alias(client, name) == v_base and _alias(client, name, "candidate") == v_bad
+    out = capsys.readouterr().out
+    assert f"REFUSED {name} v{v_bad}" in out and "serve keeps the champion" in out
+    gate = json.loads(open(client.download_artifacts(run_id, "gate.json", str(tmp_path))).read())
+    failed = {(c["metric"], c["kind"]) for c in gate["checks"] if c["status"] == "fail"}
+    assert ("lm/web/bpb", "vs_base") in failed and ("lm/web/bpb", "regression") in failed
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["gate/passed"] == 0.0
+    assert metrics["base/lm/web/bpb"] < metrics["unigram/lm/web/bpb"]       # the base is a real model
+    assert metrics["candidate/lm/web/bpb"] > 1.1 * metrics["base/lm/web/bpb"]
+
+    # the base itself as candidate passes the same rules (the checks can pass, too)
+    v_again = _register(client, exp, mlflow_server, name, base)
+    summary, _ = _evaluate(client, exp, mlflow_server, name, tmp_path, tokenizer_out, distill_out, gate=rules)
+    assert summary["gate"] == "pass", summary
+    assert _alias(client, name) == v_again

@@ -45,10 +45,15 @@ def mc_task(tmp_path):
 def test_every_suite_on_tiny_inputs(tmp_path, tokenizer_out, distill_out, mc_task):
     cfg = EvalConfig.model_validate({
         "language_modelling": {"max_bytes_per_source": 8000},
-        "reasoning": {"max_problems": 8, "samples": 2, "pass_at": [1, 2], "sampling": {"max_new_tokens": 32}},
+        "reasoning": {"max_problems": 8, "sampling": {"samples": 2, "max_new_tokens": 32}, "pass_at": [1, 2]},
         "humaneval": {"max_problems": 3, "samples": 2, "pass_at": [1, 2], "sampling": {"max_new_tokens": 32}},
         "harness": {"tasks": ["whale_tiny_mc", "no_such_task"], "include_path": str(mc_task),
                     "include_defaults": False, "offline": "on"},
+        # the default rules ask for a clear reasoning gain over the base: a random model has none.
+        # allow_regression: a failed gate is recorded and the stage returns (it would raise otherwise)
+        "allow_regression": True,
+        "gate": {"rules": [{"metric": "lm/web/bpb", "floor": 50.0}, {"metric": "reasoning/format", "floor": 0.0},
+                           {"metric": "lm/web/bpb", "below_unigram": True, "required": False}]},
     })
     ctx = stage_context(tmp_path, tokenizer_out, distill_out)
     t0 = time.perf_counter()
@@ -56,33 +61,37 @@ def test_every_suite_on_tiny_inputs(tmp_path, tokenizer_out, distill_out, mc_tas
     wall = time.perf_counter() - t0
     print(f"stage wall time {wall:.1f}s")
     # no champion, no tracking: the floors decide, nothing can move
-    assert summary["gate"] == "pass" and summary["champion"] == "none"
-    assert summary["promoted"] == "no (no tracking server)"
+    assert summary["champion"] == "none" and summary["base"] == "none"
+    # a random model is worse than the unigram model of the training tokens: refused, and said why
+    assert summary["gate"] == "fail" and "NOT below the unigram baseline" in summary["gate_reason"]
+    assert summary["promoted"] == "no (gate failed)"
     for key in ("lm/web/bpb", "lm/code/bpb", "reasoning/pass_at_1", "reasoning/pass_at_2", "reasoning/format",
+                "reasoning/greedy_pass_at_1", "reasoning/greedy_pass_at_1_ci_high", "reasoning/pass_at_2_ci_low",
                 "reasoning/reasoning_tokens", "humaneval/pass_at_1", "humaneval/pass_at_2",
                 "lm_eval/whale_tiny_mc/acc"):
         assert f"candidate/{key}" in summary, key
     assert 0 <= summary["candidate/lm_eval/whale_tiny_mc/acc"] <= 1
-    assert summary["candidate/reasoning/samples"] == 16 and summary["candidate/humaneval/samples"] == 6
+    assert summary["candidate/reasoning/samples"] == 24 and summary["candidate/humaneval/samples"] == 6
     # the unknown task is skipped with its reason, and has no metric
     assert "no_such_task" in summary["lm_eval_skipped/no_such_task"] or summary["lm_eval_skipped/no_such_task"]
     assert not any(k.startswith("candidate/lm_eval/no_such_task") for k in summary)
     out = ctx.out
     assert (out / "comparison.md").read_text().count("\n") > 5
     gate = json.loads((out / "gate.json").read_text())
-    assert gate["verdict"] == "pass" and gate["champion"] is None
+    assert gate["verdict"] == "fail" and gate["champion"] is None
+    assert {c["kind"] for c in gate["checks"]} == {"floor", "unigram"}
     assert (out / "samples" / "candidate-reasoning.jsonl").is_file()
 
 
 def test_config_errors_are_caught_before_compute():
-    with pytest.raises(ValidationError, match="needs the humaneval suite, which is disabled"):
-        EvalConfig.model_validate({"humaneval": {"enabled": False}})
+    with pytest.raises(ValidationError, match="needs the language_modelling suite, which is disabled"):
+        EvalConfig.model_validate({"language_modelling": {"enabled": False}})
     with pytest.raises(ValidationError, match="belongs to no suite"):
         EvalConfig.model_validate({"gate": {"rules": [{"metric": "accuracy", "floor": 0.5}]}})
-    with pytest.raises(ValidationError, match="neither floor nor max_regression"):
+    with pytest.raises(ValidationError, match="has no condition"):
         EvalConfig.model_validate({"gate": {"rules": [{"metric": "lm/web/bpb"}]}})
-    with pytest.raises(ValidationError, match=r"pass@k needs 1 <= k <= samples \(4\)"):
-        EvalConfig.model_validate({"reasoning": {"samples": 4, "pass_at": [1, 8]}})
+    with pytest.raises(ValidationError, match=r"every k must lie in \[1, sampling.samples=4\]"):
+        EvalConfig.model_validate({"reasoning": {"sampling": {"samples": 4}, "pass_at": [1, 8]}})
     with pytest.raises(ValidationError, match="needs harness.base_url"):
         EvalConfig.model_validate({"harness": {"backend": "local-completions"}})
     with pytest.raises(ValidationError, match="expected models:/NAME@ALIAS"):
@@ -94,7 +103,7 @@ def test_config_errors_are_caught_before_compute():
 def test_missing_heldout_problems_fail_with_the_path(tmp_path, tokenizer_out, distill_out):
     cfg = EvalConfig.model_validate({"reasoning": {"problems_file": "nope.jsonl"}, "humaneval": {"enabled": False},
                                      "harness": {"enabled": False},
-                                     "gate": {"rules": [{"metric": "reasoning/pass_at_1", "floor": 0.0}]}})
+                                     "gate": {"rules": [{"metric": "reasoning/greedy_pass_at_1", "floor": 0.0}]}})
     with pytest.raises(FileNotFoundError, match="nope.jsonl does not exist: the distill stage writes"):
         run(cfg, stage_context(tmp_path, tokenizer_out, distill_out))
 

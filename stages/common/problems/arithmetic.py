@@ -45,3 +45,18 @@ def generate(cfg: ArithmeticConfig, rng: random.Random) -> Iterator[Problem]:
         a, b = (_operand(rng, rng.randint(lo, hi)) for _ in range(2))
         yield make_problem("arithmetic", ["arithmetic", a, op, b], f"What is {a} {op} {b}?",
                            BOXED_INSTRUCTION, str(evaluate(a, op, b)), {"a": a, "op": op, "b": b})
+
+
+def probe(task: str, n: int, cfg: ArithmeticConfig, rng: random.Random) -> list[Problem]:
+    """``n`` distinct problems reported as task ``task`` (e.g. an out-of-distribution probe with
+    longer operands than training saw): evaluated, never trained on."""
+    out: dict[str, Problem] = {}
+    stream = generate(cfg, rng)
+    for _ in range(200 + 50 * n):
+        if len(out) >= n:
+            break
+        p = next(stream)
+        out.setdefault(p.id, Problem(p.id, p.kind, p.question, p.prompt, p.answer, {**p.data, "task": task}))
+    if len(out) < n:
+        raise ValueError(f"probe {task}: only {len(out)} distinct problems of {n} asked for")
+    return list(out.values())

@@ -13,10 +13,10 @@ from typing import Any
 BOXED_INSTRUCTION = "Put the final answer in \\boxed{}."
 CODE_INSTRUCTION = "Answer with one ```python code block."
 
-KINDS = ("arithmetic", "linear", "countdown", "code")
+KINDS = ("arithmetic", "linear", "countdown", "code", "gym")
 # how each kind is verified (see stages.common.verify); "math" also covers dataset problems
 VERIFIER_OF_KIND = {"arithmetic": "math", "linear": "math", "math": "math",
-                    "countdown": "countdown", "code": "code"}
+                    "countdown": "countdown", "code": "code", "gym": "gym"}
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,12 @@ class Problem:
     prompt: str             # the user message: question + answer-format instruction
     answer: str             # canonical answer (a number, an expression, a reference solution)
     data: dict[str, Any] = field(default_factory=dict)  # what the verifier / procedural teacher need
+
+    @property
+    def task(self) -> str:
+        """The task it is reported under: ``data["task"]`` (e.g. an out-of-distribution probe of a
+        kind), else its kind."""
+        return str(self.data.get("task") or self.kind)
 
     @property
     def verifier(self) -> str:

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stages.common.problems import arithmetic, code_bank, countdown, linear
+from stages.common.problems import arithmetic, code_bank, countdown, gym, linear
 from stages.common.problems.arithmetic import ArithmeticConfig
 from stages.common.problems.base import Problem, rng_for
 from stages.common.problems.code_bank import CodeConfig
 from stages.common.problems.countdown import CountdownConfig
+from stages.common.problems.gym import GymConfig
 from stages.common.problems.linear import LinearConfig
 from stages.common.problems.overlap import NgramIndex, OverlapReport, overlap_report
 
@@ -38,6 +39,7 @@ class ProblemsConfig(BaseModel):
     linear: LinearConfig | None = Field(default_factory=LinearConfig)
     countdown: CountdownConfig | None = Field(default_factory=CountdownConfig)
     code: CodeConfig | None = Field(default_factory=CodeConfig)
+    gym: GymConfig | None = None        # reasoning-gym task mix (stages/common/problems/gym.py)
     # code problems are split by family; None: a seeded `heldout_code_share` of the families
     heldout_code_families: list[str] | None = None
     heldout_code_share: float = Field(0.25, gt=0, lt=1)
@@ -47,7 +49,7 @@ class ProblemsConfig(BaseModel):
     max_overlap: float = Field(0.8, gt=0, le=1)
 
     def kinds(self) -> dict[str, float]:
-        return {k: getattr(self, k).weight for k in ("arithmetic", "linear", "countdown", "code")
+        return {k: getattr(self, k).weight for k in ("arithmetic", "linear", "countdown", "code", "gym")
                 if getattr(self, k) is not None and getattr(self, k).weight > 0}
 
 
@@ -91,8 +93,8 @@ def _stream(cfg: ProblemsConfig, kind: str, seed: int, part: str, families: list
     rng = rng_for(seed, part, kind)
     if kind == "code":
         return code_bank.generate(cfg.code, rng, families)
-    return {"arithmetic": arithmetic.generate, "linear": linear.generate,
-            "countdown": countdown.generate}[kind](getattr(cfg, kind), rng)
+    return {"arithmetic": arithmetic.generate, "linear": linear.generate, "countdown": countdown.generate,
+            "gym": gym.generate}[kind](getattr(cfg, kind), rng)
 
 
 def _take(stream: Iterator[Problem], want: int, accept: Callable[[Problem], str | None], kind: str,

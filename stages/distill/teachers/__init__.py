@@ -3,7 +3,7 @@
     procedural  built-in, offline (the embedded default): solves generated problems step by step
     openai      any OpenAI-compatible endpoint (reasoning in `reasoning_content`, `reasoning` or <think>)
     dataset     existing traces, OpenR1-style chat rows in JSONL / Parquet
-    local       a local checkpoint generating with model.generate
+    local       a local checkpoint generating through model.engine
 
     teacher = build_teacher(ProceduralTeacherConfig(error_rate=0.1))
     completions = teacher.complete(problem, n=4, seed=0)

@@ -70,7 +70,7 @@ class DatasetTeacherConfig(_Strict):
 
 
 class LocalTeacherConfig(_Strict):
-    """A local checkpoint (ours, or a Hugging Face DeepSeek-V3 folder) generating with model.generate."""
+    """A local checkpoint (ours, or a Hugging Face DeepSeek-V3 folder) generating through model.engine."""
 
     kind: Literal["local"] = "local"
     path: str                                   # folder with config.json + safetensors
@@ -79,7 +79,7 @@ class LocalTeacherConfig(_Strict):
     temperature: float = Field(0.6, ge=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(512, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1)             # engine slots: samples of a prompt decoded together
     device: str = "cpu"
 
 

@@ -1,9 +1,11 @@
-"""Teacher from a local checkpoint (ours, or a Hugging Face DeepSeek-V3 folder) via model.generate.
+"""Teacher from a local checkpoint (ours, or a Hugging Face DeepSeek-V3 folder) via ``model.engine``.
 
 The prompt is rendered with the tokenizer's chat template and the generation prompt
 (``<｜Assistant｜>``); the model writes ``<think>...</think>`` and the answer itself.
-Generation is serialised with a lock: one model, CPU- or GPU-bound, shared by the pipeline's
-threads. Heavy imports (torch, model, tokenizer) happen when the teacher is built.
+The n samples of a prompt are n engine requests decoded together, each with its own seed (so they
+differ); ids past the tokenizer's vocabulary are never sampled. Generation is serialised with a lock:
+one model, CPU- or GPU-bound, shared by the pipeline's threads. Heavy imports (torch, model,
+tokenizer) happen when the teacher is built.
 """
 
 from __future__ import annotations
@@ -43,19 +45,25 @@ class LocalTeacher(Teacher):
         messages = ([{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else [])
         messages.append({"role": "user", "content": problem.prompt})
         prompt = self.tokenizer.encode_chat(messages, add_generation_prompt=True).ids
-        row_seed = int(stable_hash([seed, problem.id], 8), 16)
+        from model.engine import Engine, EngineConfig, GenerationParams
+
+        params = [GenerationParams(max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                                   top_p=self.cfg.top_p, seed=int(stable_hash([seed, problem.id, i], 8), 16))
+                  for i in range(n)]
         try:
             with self._lock:
-                gens = self.model.generate([prompt] * n, max_new_tokens=self.cfg.max_new_tokens,
-                                           temperature=self.cfg.temperature, top_p=self.cfg.top_p, seed=row_seed)
+                length = min(len(prompt) + self.cfg.max_new_tokens, self.model.config.max_position_embeddings)
+                engine = Engine(self.model, EngineConfig(num_slots=min(n, self.cfg.batch_size), max_seq_len=length,
+                                                         max_num_batched_tokens=max(256, 4 * n), use_mtp=False),
+                                eos_token_ids=[self.tokenizer.eos_id], vocab_size=self.tokenizer.vocab_size)
+                gens = engine.generate([prompt] * n, params)
         except (RuntimeError, ValueError) as e:  # e.g. prompt longer than the model's context
             raise TeacherError(f"local generation failed: {e}") from e
         out = []
-        vocab = self.tokenizer.vocab_size
         for g in gens:
-            # a model whose embedding is padded past the tokenizer can sample ids it cannot decode
-            ids = [t for t in g.tokens if t < vocab]
+            ids = list(g.token_ids)
+            if g.finish_reason == "stop" and ids and ids[-1] == g.stop_token_id:
+                ids = ids[:-1]
             reasoning, answer, blocks = split_think(self.tokenizer.decode(ids))
-            out.append(Completion(reasoning, answer, blocks, g.finish_reason,
-                                  {"undecodable_tokens": len(g.tokens) - len(ids)} if len(ids) < len(g.tokens) else {}))
+            out.append(Completion(reasoning, answer, blocks, g.finish_reason, {}))
         return out

@@ -32,37 +32,40 @@ def _digits(n: int) -> list[int]:
     return [int(d) for d in reversed(str(n))]
 
 
-def addition_steps(a: int, b: int) -> tuple[list[str], int]:
+def _columns(a: int, b: int) -> tuple[list[int], list[int]]:
+    """Both operands' digits, least significant first, padded to the same length."""
     da, db = _digits(a), _digits(b)
-    lines, carry, out = [], 0, []
-    for i in range(max(len(da), len(db))):
-        x, y = (da[i] if i < len(da) else 0), (db[i] if i < len(db) else 0)
+    n = max(len(da), len(db))
+    return da + [0] * (n - len(da)), db + [0] * (n - len(db))
+
+
+def addition_steps(a: int, b: int) -> tuple[list[str], int]:
+    """One line per column, right to left: ``x + y (+ carry) = s`` (the carry term from the second
+    column on, so every column after the first reads the same); the sum is the last column's s
+    followed by the other columns' last digits."""
+    da, db = _columns(a, b)
+    lines, carry = [], 0
+    for i, (x, y) in enumerate(zip(da, db, strict=True)):
         s = x + y + carry
-        lines.append(f"{x} + {y} + {carry} = {s}, write {s % 10}, carry {s // 10}.")
-        out.append(s % 10)
+        lines.append(f"{x} + {y} = {s}" if i == 0 else f"{x} + {y} + {carry} = {s}")
         carry = s // 10
-    if carry:
-        lines.append(f"Final carry {carry}, write {carry}.")
-        out.append(carry)
-    return lines, int("".join(map(str, reversed(out))))
+    return lines, a + b
 
 
 def subtraction_steps(a: int, b: int) -> tuple[list[str], int]:
-    """a >= b >= 0."""
-    da, db = _digits(a), _digits(b)
-    lines, borrow, out = [], 0, []
-    for i in range(len(da)):
-        x, y = da[i], (db[i] if i < len(db) else 0)
-        v = x - y - borrow
-        if v < 0:
-            lines.append(f"{x} - {y} - {borrow} = {v}, add 10: write {v + 10}, borrow 1.")
-            out.append(v + 10)
-            borrow = 1
-        else:
-            lines.append(f"{x} - {y} - {borrow} = {v}, write {v}, borrow 0.")
-            out.append(v)
-            borrow = 0
-    return lines, int("".join(map(str, reversed(out))))
+    """a >= b >= 0, one line per column, right to left: ``x - y (- borrow) = d, borrow k`` where x
+    already holds the borrowed ten (``13 - 7 = 6, borrow 1``)."""
+    da, db = _columns(a, b)
+    lines, borrow = [], 0
+    for i, (x, y) in enumerate(zip(da, db, strict=True)):
+        last = i == len(da) - 1
+        need = x - borrow < y
+        x_shown = x + 10 if need else x
+        d = x_shown - y - borrow
+        lhs = f"{x_shown} - {y}" if i == 0 else f"{x_shown} - {y} - {borrow}"
+        lines.append(f"{lhs} = {d}" if last else f"{lhs} = {d}, borrow {int(need)}")
+        borrow = int(need)
+    return lines, a - b
 
 
 def multiply_digit_steps(a: int, d: int) -> tuple[list[str], int]:
@@ -79,16 +82,18 @@ def multiply_digit_steps(a: int, d: int) -> tuple[list[str], int]:
 
 
 def arithmetic_trace(a: int, op: str, b: int, detailed: bool = True) -> tuple[list[str], int]:
+    """Compact column arithmetic: the problem restated exactly as the prompt writes it (a copy the
+    model can make token for token: digits are single tokens), one short line per column, the
+    result. Template words cost tokens and teach nothing, so there are none for + and -."""
     if op == "+":
         lines, r = addition_steps(a, b)
-        return [f"Add {a} and {b} column by column, right to left."] + lines + [f"Result: {r}."], r
+        return [f"{a} + {b}"] + lines + [f"= {r}"], r
     if op == "-":
         if a >= b:
             lines, r = subtraction_steps(a, b)
-            return [f"Subtract {b} from {a} column by column, right to left."] + lines + [f"Result: {r}."], r
+            return [f"{a} - {b}"] + lines + [f"= {r}"], r
         lines, r = subtraction_steps(b, a)
-        return ([f"{a} is smaller than {b}, so compute {b} - {a} and make it negative.",
-                 f"Subtract {a} from {b} column by column, right to left."] + lines + [f"Result: {-r}."], -r)
+        return [f"{a} - {b}", f"= -({b} - {a})"] + lines + [f"= {-r}"], -r
     if op == "*":
         db = _digits(b)
         if len(db) == 1:
@@ -179,8 +184,8 @@ class ProceduralTeacher(Teacher):
                 lines, r = arithmetic_trace(d["a"], d["op"], d["b"], detailed=False)
             if wrong:
                 r = _perturb_int(r, rng)
-                lines[-1] = f"Result: {r}."
-            reasoning, content = "\n".join(lines), f"{d['a']} {d['op']} {d['b']} = \\boxed{{{r}}}"
+                lines[-1] = f"Result: {r}." if d["op"] == "*" else f"= {r}"
+            reasoning, content = "\n".join(lines), f"\\boxed{{{r}}}"
         elif kind == "linear":
             lines, x = linear_trace(d["a"], d["b"], d["c"])
             if wrong:
