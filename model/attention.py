@@ -80,7 +80,10 @@ class AttentionContext:
             causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
             same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
             mask = (same_doc & causal)[:, None]
-        return cls(cos, sin, mask)
+        # Always expanded: a training forward must run kv_b_proj as a module (FP8 under precision
+        # fp8, hooks, FSDP), and the absorbed path reads its weight directly. Absorbing pays off
+        # only against a cache (decode), where for_cache_step keeps "auto".
+        return cls(cos, sin, mask, mla_mode="expanded")
 
     def rows(self, rows: slice) -> "AttentionContext":
         """The context of a slice of the batch's sequences (training only: no cache step)."""

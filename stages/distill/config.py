@@ -46,7 +46,7 @@ TINY_PROBLEMS: dict[str, Any] = {
 # MTP head is left as pretraining made it and its forward, a third of the step, can be skipped).
 # Two workers, one thread each, experts split between them, as pretrain.
 TINY_TRAIN: dict[str, Any] = {
-    "steps": 300, "batch_size": 16, "seq_len": 256, "precision": "bf16", "log_every": 10,
+    "steps": 300, "batch_size": 16, "seq_len": 256, "precision": "auto", "log_every": 10,
     "parallel": {"dp": 1, "ep": 2},
     "optimizer": {"lr": 1e-3, "weight_decay": 0.0},
     "schedule": {"kind": "cosine", "min_lr_ratio": 0.1},
