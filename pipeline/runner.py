@@ -20,9 +20,9 @@ from rich.markup import escape
 from pipeline import dag as dagmod
 from pipeline import report
 from pipeline.config import PipelineConfig
-from pipeline.console import LiveProgress, StageResult, console, results_table
+from pipeline.console import LiveProgress, StageResult, console, results_table, stage_log_env
 from pipeline.dag import Dag, DagError, Node
-from pipeline.executor import StageFailed, StageJob, execute
+from pipeline.executor import StageFailed, StageJob, execute, stage_log_path
 from pipeline.mlflow_server import runs_url
 from pipeline.stage import Stage
 from pipeline.storage import Storage
@@ -74,8 +74,12 @@ def select(dag: Dag, storage: Storage, only: list[str] = (), from_: str | None =
 
 
 class Runner:
-    def __init__(self, config: PipelineConfig, stages: list[Stage], tracking_uri: str):
+    """``verbose``: frameworks print to the console as they like; otherwise every stage's output goes
+    to its log file (``<output>/<stage>.log``) and the console shows Whale's own lines only."""
+
+    def __init__(self, config: PipelineConfig, stages: list[Stage], tracking_uri: str, verbose: bool = False):
         self.config = config
+        self.verbose = verbose
         self.dag = Dag(stages, config)
         self.storage = Storage(config.globals.output_root)
         self.tracking_uri = tracking_uri
@@ -129,7 +133,7 @@ class Runner:
         running: dict = {}  # ObjectRef -> (name, run_id, started)
         failed: set[str] = set()
         interrupted = False
-        with LiveProgress() as live:
+        with LiveProgress(set(self.dag.order), verbose=self.verbose) as live:
             try:
                 while pending or running:
                     for name in list(pending):
@@ -143,10 +147,11 @@ class Runner:
                         if all(u in results and results[u].status in ("ran", "cached") for u in ups):
                             pending.remove(name)
                             running[self._launch(name, exp_id, parent_id)] = (name, time.time())
-                            live.start(name, f"[{self.dag[name].fingerprint}]")
+                            live.start(name, f"[{self.dag[name].fingerprint}]", self._log_path(name))
                     if not running:
                         break
                     done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                    live.poll()
                     for ref in done:
                         name, started = running.pop(ref)
                         res = self._collect(ref, name, exp_id, started)
@@ -173,6 +178,7 @@ class Runner:
                 console.print(f"[bold red]✗ stage {r.name!r} {r.status}[/]: {escape(r.error or '')}")
                 if r.status == "failed":
                     console.print(f"  traceback: {self.storage.uri(r.name, r.fingerprint, dagmod.FAILED)}")
+                    console.print(f"  full log:  {self._log_path(r.name)}")
             console.print("  [bold]To resume[/], run the same command again: finished stages are cached "
                           "and the run restarts at the first stage without _SUCCESS.")
             raise PipelineFailed(", ".join(f"{r.name} {r.status}" for r in bad))
@@ -188,14 +194,19 @@ class Runner:
                        upstream=self.dag.inputs(name, self.storage),
                        tracking_uri=self.tracking_uri, run_id=run_id)
         opts = node.stage.resources.ray_options()
+        env = {"MLFLOW_TRACKING_URI": self.tracking_uri,
+               # what the stage's own Ray work (Ray Train's controller, Serve) inherits: Ray's state
+               # API otherwise guesses the cluster and fails when a machine runs two of them
+               "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+        if not self.verbose:
+            env.update(stage_log_env(self._log_path(name), launch_id=run_id))
         task = ray.remote(_execute_remote).options(
             name=f"stage:{name}", max_retries=0, scheduling_strategy="SPREAD",
-            runtime_env={"env_vars": {
-                "MLFLOW_TRACKING_URI": self.tracking_uri,
-                # what the stage's own Ray work (Ray Train's controller, Serve) inherits: Ray's state
-                # API otherwise guesses the cluster and fails when a machine runs two of them
-                "RAY_ADDRESS": ray.get_runtime_context().gcs_address}}, **opts)
+            runtime_env={"env_vars": env}, **opts)
         return task.remote(job)
+
+    def _log_path(self, name: str) -> Path:
+        return stage_log_path(self.storage, name, self.dag[name].fingerprint)
 
     def _collect(self, ref, name: str, exp_id: str, started: float) -> StageResult:
         import ray
