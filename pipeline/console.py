@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -107,7 +108,36 @@ def quiet_driver(output_root: str) -> Path:
         logger.handlers = [handler]
         logger.propagate = False
     logging.getLogger().setLevel(logging.INFO)
+    global DRIVER_LOG
+    DRIVER_LOG = log_path
     return log_path
+
+
+DRIVER_LOG: Path | None = None  # set by quiet_driver
+
+
+@contextlib.contextmanager
+def output_to_driver_log():
+    """While starting Ray: stdout/stderr at the fd level to the driver log (when ``quiet_driver`` ran),
+    so what Ray prints while it starts (and its long-lived helper processes later) stays off the console."""
+    if DRIVER_LOG is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(DRIVER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -18,6 +18,15 @@ def connect(cfg: RayConfig, verbose: bool = True) -> bool:
 
     if ray.is_initialized():
         return False
+    if not verbose:
+        from pipeline.console import output_to_driver_log
+
+        with output_to_driver_log():
+            return _init(ray, cfg, verbose)
+    return _init(ray, cfg, verbose)
+
+
+def _init(ray, cfg: RayConfig, verbose: bool) -> bool:
     quiet = {} if verbose else {"log_to_driver": False, "configure_logging": False}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -1,0 +1,65 @@
+"""Lineage in MLflow: registered models are MLflow 3 LoggedModels produced by the stage's run, and
+stage runs list what they consumed as datasets (against a real tracking server)."""
+
+from __future__ import annotations
+
+import mlflow
+from mlflow import MlflowClient
+
+from pipeline.tracking import DatasetRef, Tracker
+
+
+def new_run(uri: str, experiment: str, stage: str) -> Tracker:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=stage, tags={"whale.stage": stage})
+    return Tracker(run.info.run_id, uri)
+
+
+def test_register_model_makes_a_logged_model_output_behind_the_version(tmp_path, mlflow_server):
+    model_dir = tmp_path / "hf"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"model_type": "deepseek_v3"}')
+    tracker = new_run(mlflow_server, "lineage-models", "pretrain")
+    version = tracker.register_model(model_dir, name="lineage-models", alias="base")
+
+    client = MlflowClient(mlflow_server)
+    mv = client.get_model_version_by_alias("lineage-models", "base")
+    (model_id,) = tracker.logged_models()
+    # (the REST ModelVersion does not carry model_id in MLflow 3.17: the source names the model)
+    assert mv.version == version and mv.source == f"models:/{model_id}", "the version is the LoggedModel"
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == tracker.run_id and model.name == "lineage-models-base"
+    assert "READY" in str(model.status)
+    run = client.get_run(tracker.run_id)
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id], "the run's Models column"
+
+    mlflow.set_tracking_uri(mlflow_server)
+    got = mlflow.artifacts.download_artifacts("models:/lineage-models@base", dst_path=str(tmp_path / "dl"))
+    assert (tmp_path / "dl").exists() and any(p.name == "config.json" for p in __import__("pathlib").Path(got)
+                                              .rglob("config.json"))
+
+
+def test_datasets_and_model_inputs_show_on_the_consuming_run(tmp_path, mlflow_server):
+    producer = new_run(mlflow_server, "lineage-inputs", "distill")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "w.txt").write_text("w")
+    producer.register_model(tmp_path / "m", name="lineage-inputs", alias="candidate")
+    consumer = new_run(mlflow_server, "lineage-inputs", "eval")
+    consumer.log_datasets([DatasetRef("token-shards", "0123456789ab", str(tmp_path / "tok"),
+                                      {"train_tokens": 1000, "val_tokens": 50})])
+    consumer.log_model_inputs(producer.logged_models())
+
+    run = MlflowClient(mlflow_server).get_run(consumer.run_id)
+    (ds,) = run.inputs.dataset_inputs
+    assert (ds.dataset.name, ds.dataset.digest, ds.dataset.source_type) == ("token-shards", "0123456789ab", "local")
+    assert '"train_tokens": 1000' in ds.dataset.profile and str(tmp_path / "tok") in ds.dataset.source
+    assert [m.model_id for m in run.inputs.model_inputs] == producer.logged_models()
+
+
+def test_an_inactive_tracker_logs_no_lineage():
+    t = Tracker.disabled()
+    t.log_datasets([DatasetRef("x", "d", "/x")])
+    t.log_model_outputs(["m-1"])
+    assert t.logged_models() == [] and t.register_model("/nowhere", "n", "a") is None
