@@ -8,6 +8,9 @@ run that produced the output).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import logging
 import os
 import subprocess
 import time
@@ -26,7 +29,13 @@ from pipeline.executor import StageFailed, StageJob, execute, stage_log_path
 from pipeline.mlflow_server import runs_url
 from pipeline.stage import Stage
 from pipeline.storage import Storage
-from pipeline.tracking import Tracker, flatten
+from pipeline.tracking import DatasetRef, Tracker, flatten
+
+log = logging.getLogger(__name__)
+
+# What each stage's output folder is, as a dataset a downstream run consumed (lineage in MLflow's
+# runs table). Stages that register a model are linked by their LoggedModel instead.
+DATASET_NAMES = {"curate": "curated-corpus", "tokenizer": "token-shards"}
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,7 +112,49 @@ class Runner:
         run = self.client.create_run(exp_id, run_name=node.name, tags=tags)
         tracker = Tracker(run.info.run_id, self.tracking_uri)
         tracker.log_params(flatten(node.config.model_dump(mode="json")))
+        self._log_lineage(tracker, node, producer=(extra_tags or {}).get("whale.produced_by") if cached else None)
         return run.info.run_id
+
+    def _log_lineage(self, tracker: Tracker, node: Node, producer: str | None) -> None:
+        """The stage run's inputs: upstream outputs as datasets (name, digest = fingerprint, path,
+        the upstream summary's counts) or, for model-producing stages, their LoggedModels; raw sources
+        for a stage without upstream. A cached run also links the producing run's models as outputs.
+        Lineage is bookkeeping: a failure here is logged to the driver log, never fails the run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            datasets, models = [], []
+            for up in self.dag.upstream(node.name):
+                unode = self.dag[up]
+                try:
+                    manifest = dagmod.manifest(self.storage, unode)
+                except OSError:  # an ordering-only upstream that is not there (serve run alone)
+                    continue
+                up_run = manifest.get("mlflow", {}).get("run_id")
+                produced = self._models_of(tracker, up_run)
+                if produced:
+                    models += produced
+                else:
+                    datasets.append(DatasetRef(DATASET_NAMES.get(up, f"{up}-output"), unode.fingerprint,
+                                               self.storage.uri(up, unode.fingerprint),
+                                               _counts(manifest.get("summary", {}))))
+            datasets += _raw_sources(node.config)
+            tracker.log_datasets(datasets)
+            tracker.log_model_inputs(models)
+            if producer:
+                tracker.log_model_outputs(self._models_of(tracker, producer))
+        except (MlflowException, OSError, ValueError) as e:
+            log.warning("lineage of %s not logged: %s", node.name, e)
+
+    def _models_of(self, tracker: Tracker, run_id: str | None) -> list[str]:
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return []
+        try:
+            return tracker.logged_models(run_id)
+        except MlflowException:  # a run this server does not hold (another server, deleted)
+            return []
 
     # -- running --------------------------------------------------------------------------
     def run(self, sel: Selection | None = None) -> list[StageResult]:
@@ -293,6 +344,24 @@ class Runner:
         tracker.log_metrics({f"{r.name}/wall_s": r.wall_s for r in results if r.wall_s is not None})
         status = "FINISHED" if ok else ("KILLED" if interrupted else "FAILED")
         self.client.set_terminated(tracker.run_id, status)
+
+
+def _counts(summary: dict) -> dict:
+    """The numbers of a stage summary worth showing as a dataset's profile (rows, tokens, sizes)."""
+    return {k: v for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.endswith("_s")}
+
+
+def _raw_sources(config) -> list[DatasetRef]:
+    """A first stage's configured sources (curate's ``sources``) as datasets."""
+    refs = []
+    for src in getattr(config, "sources", None) or ():
+        spec = src.model_dump(mode="json") if hasattr(src, "model_dump") else dict(src)
+        path = spec.get("path")
+        name = f"{spec.get('type', 'source')}:{Path(path).name}" if path else f"{spec.get('type', 'source')}-sources"
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+        refs.append(DatasetRef(name, digest, path or spec.get("type", "local"), {}))
+    return refs
 
 
 def _execute_remote(job: StageJob) -> dict:

@@ -63,3 +63,24 @@ def test_an_inactive_tracker_logs_no_lineage():
     t.log_datasets([DatasetRef("x", "d", "/x")])
     t.log_model_outputs(["m-1"])
     assert t.logged_models() == [] and t.register_model("/nowhere", "n", "a") is None
+
+
+def test_runner_logs_each_stage_input_as_a_dataset_with_digest_and_counts(tmp_path, mlflow_server, ray_local):
+    from pipeline.runner import Runner
+    from tests.pipeline.test_runner import make_config
+    from tests.pipeline.toy_stages import STAGES
+
+    cfg = make_config(tmp_path, name="lineage-runner")
+    first = {r.name: r for r in Runner(cfg, STAGES, mlflow_server).run()}
+    client = MlflowClient(mlflow_server)
+    c_inputs = client.get_run(first["c"].run_id).inputs.dataset_inputs
+    assert [(d.dataset.name, d.dataset.digest) for d in c_inputs] == [("b-output", first["b"].fingerprint)]
+    assert '"value": 2' in c_inputs[0].dataset.profile and first["b"].output in c_inputs[0].dataset.source
+    assert client.get_run(first["a"].run_id).inputs.dataset_inputs == [], "no upstream, no sources: nothing"
+    # a cached rerun's stage runs show the same inputs
+    second = Runner(cfg, STAGES, mlflow_server).run()
+    exp = client.get_experiment_by_name("lineage-runner")
+    cached_c = [r for r in client.search_runs([exp.experiment_id], "tags.`whale.stage` = 'c'")
+                if r.data.tags.get("whale.cached") == "true"]
+    assert [r.status for r in second] == ["cached"] * 4 and len(cached_c) == 1
+    assert [d.dataset.name for d in cached_c[0].inputs.dataset_inputs] == ["b-output"]
