@@ -314,7 +314,8 @@ class Runner:
         text = report.render(self.config.name, results, self.dag.stages, self.tracking_uri, parent_url, plots)
         self.storage.write_text(text, "runs", parent.run_id, "report.md")
         parent.log_text(text, "report.md")
-        console.print(Markdown(text))
+        if console.is_terminal:  # a log (CI, `ray job logs`) keeps the table above and the card's path
+            console.print(Markdown(text))
         console.print(f"Report card: {self.storage.uri('runs', parent.run_id, 'report.md')}")
 
     def _plots(self, run_id: str) -> list[str]:

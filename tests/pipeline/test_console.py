@@ -170,16 +170,16 @@ def short_pipeline_overrides(out, web_jsonl) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_short_pipeline_console_is_quiet_and_every_stage_has_its_log(tmp_path):
+def test_short_pipeline_console_is_quiet_and_every_stage_has_its_log(tmp_path, mlflow_server):
     out = tmp_path / "out"
     docstring_corpus(tmp_path / "web.jsonl")
     args = [a for o in short_pipeline_overrides(out, tmp_path / "web.jsonl") for a in ("--set", o)]
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["PYTHONPATH"] = str(ROOT)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # Ray starts in-process
+    env.update(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=mlflow_server)
     started = time.time()
     done = subprocess.run([sys.executable, "-m", "pipeline", "run", "configs/tiny.yaml", *args,
                            "--only", "curate", "--only", "tokenizer", "--only", "pretrain",
-                           "--no-block", "--keep-server"],
+                           "--no-block"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1400)
     text = done.stdout + done.stderr
     (tmp_path / "console.txt").write_text(text)
@@ -197,15 +197,12 @@ def test_short_pipeline_console_is_quiet_and_every_stage_has_its_log(tmp_path):
     # and in MLflow, on the stage's run
     from mlflow import MlflowClient
 
-    from pipeline.mlflow_server import find_local
-
-    server = find_local(out / "mlflow")
-    assert server, "--keep-server leaves the run's tracking server up"
-    try:
-        client = MlflowClient(server.uri)
-        runs = client.search_runs([client.get_experiment_by_name("console-test").experiment_id],
-                                  filter_string="tags.`whale.stage` = 'pretrain'")
-        assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "logs")] == ["logs/pretrain.log"]
-    finally:
-        server.stop()
+    client = MlflowClient(mlflow_server)
+    runs = {r.data.tags["whale.stage"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("console-test").experiment_id], "tags.`whale.stage` != ''")}
+    for stage in ("curate", "tokenizer", "pretrain"):
+        assert [a.path for a in client.list_artifacts(runs[stage].info.run_id, "logs")] == [f"logs/{stage}.log"]
+    # lineage: what each stage consumed, as datasets with the upstream fingerprint as digest
+    assert [d.dataset.name for d in runs["pretrain"].inputs.dataset_inputs] == ["token-shards"]
+    assert [d.dataset.name for d in runs["tokenizer"].inputs.dataset_inputs] == ["curated-corpus"]
     print(f"short pipeline: {time.time() - started:.0f}s, {len(text.splitlines())} console lines")
