@@ -31,8 +31,13 @@ NOISE = [
 ]
 
 
+OWN = re.compile(r"^\[(" + "|".join(STAGES) + r")(/[\w.-]+)*\] ")
+
+
 def noise_in(text: str) -> list[str]:
-    return [line for line in text.splitlines() if any(re.search(p, line) for p in NOISE)]
+    """Lines matching a noise pattern; a stage's own warning (``[tokenizer] WARNING: ...``) is not noise."""
+    return [line for line in text.splitlines()
+            if not OWN.match(line) and any(re.search(p, line) for p in NOISE)]
 
 
 # -- the pieces -----------------------------------------------------------------------------------
@@ -96,16 +101,18 @@ def test_plain_progress_thins_ticks_keeps_milestones_and_beats_when_quiet(tmp_pa
     clock[0] += 10
     live.poll()
     assert plain_console.getvalue().count("step 2/100") == 1, "the latest held tick shows after 10 s"
-    write("[pretrain] saved checkpoint 2")  # a milestone shows at once
+    write("[pretrain] saved checkpoint 2", "[pretrain] WARNING: something the user must act on")
     clock[0] += 1
     live.poll()
-    assert "saved checkpoint 2" in plain_console.getvalue()
+    assert "saved checkpoint 2" in plain_console.getvalue(), "a milestone shows at once"
+    assert "[pretrain] WARNING: something" in plain_console.getvalue()
     before = plain_console.getvalue()
     clock[0] += 10.5
     live.poll()
     assert "[pretrain] … still running" in plain_console.getvalue()[len(before):], "a heartbeat after 10 s quiet"
     live.finish("pretrain", "ran")
     assert noise_in(plain_console.getvalue()) == []
+    assert noise_in("(RayTrainWorker pid=7) WARNING x\n2026 WARNING authentication_token_setup.py") != []
 
 
 REDIRECTED = """
