@@ -138,7 +138,8 @@ class Runner:
                     datasets.append(DatasetRef(DATASET_NAMES.get(up, f"{up}-output"), unode.fingerprint,
                                                self.storage.uri(up, unode.fingerprint),
                                                _counts(manifest.get("summary", {}))))
-            datasets += _raw_sources(node.config)
+            if not self.dag.upstream(node.name):
+                datasets += _raw_sources(node.config)
             tracker.log_datasets(datasets)
             tracker.log_model_inputs(models)
             if producer:
@@ -251,6 +252,8 @@ class Runner:
                "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
         if not self.verbose:
             env.update(stage_log_env(self._log_path(name), launch_id=run_id))
+            if not self.storage.remote:  # the console tails this file: not an earlier attempt's lines
+                self._log_path(name).unlink(missing_ok=True)
         task = ray.remote(_execute_remote).options(
             name=f"stage:{name}", max_retries=0, scheduling_strategy="SPREAD",
             runtime_env={"env_vars": env}, **opts)
@@ -357,7 +360,11 @@ def _raw_sources(config) -> list[DatasetRef]:
     """A first stage's configured sources (curate's ``sources``) as datasets."""
     refs = []
     for src in getattr(config, "sources", None) or ():
-        spec = src.model_dump(mode="json") if hasattr(src, "model_dump") else dict(src)
+        if not hasattr(src, "model_dump"):  # e.g. the tokenizer's list of branch names: not a source
+            continue
+        spec = src.model_dump(mode="json")
+        if not isinstance(spec, dict) or "type" not in spec:
+            continue
         path = spec.get("path")
         name = f"{spec.get('type', 'source')}:{Path(path).name}" if path else f"{spec.get('type', 'source')}-sources"
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]

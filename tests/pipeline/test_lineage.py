@@ -84,3 +84,17 @@ def test_runner_logs_each_stage_input_as_a_dataset_with_digest_and_counts(tmp_pa
                 if r.data.tags.get("whale.cached") == "true"]
     assert [r.status for r in second] == ["cached"] * 4 and len(cached_c) == 1
     assert [d.dataset.name for d in cached_c[0].inputs.dataset_inputs] == ["b-output"]
+
+
+def test_raw_sources_of_the_first_stage_only_from_real_source_configs():
+    from pipeline.config import load_config
+    from pipeline.registry import default_stages
+    from pipeline.runner import _raw_sources
+    from tests.conftest import ROOT
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", default_stages(),
+                      overrides=['curate.sources=[{type: local}, {type: jsonl, path: /data/web.jsonl}]'])
+    refs = _raw_sources(cfg.sections["curate"])
+    assert [(r.name, r.source) for r in refs] == [("local-sources", "local"), ("jsonl:web.jsonl", "/data/web.jsonl")]
+    assert len({r.digest for r in refs}) == 2
+    assert _raw_sources(cfg.sections["tokenizer"]) == [], "the tokenizer's `sources` are branch names, not data"
