@@ -157,21 +157,32 @@ def whale_line(line: str, stages: set[str]) -> str | None:
 
 
 class LogTail:
-    """New complete lines of a growing file (bytes offset kept; a partial last line waits)."""
+    """New complete lines of a growing file (bytes offset kept; a partial last line waits).
+
+    A file replaced under the same name (the executor recreates the stage folder after the worker
+    already wrote Ray's first lines) is noticed by its first bytes changing, and read from the start."""
+
+    HEAD = 64
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.offset = 0
         self.partial = b""
+        self.head = b""
 
     def lines(self) -> list[str]:
         try:
             with open(self.path, "rb") as f:
-                if f.seek(0, os.SEEK_END) < self.offset:  # the file was recreated: start over
-                    self.offset, self.partial = 0, b""
+                size = f.seek(0, os.SEEK_END)
+                f.seek(0)
+                if size < self.offset or f.read(len(self.head)) != self.head:  # another file now
+                    self.offset, self.partial, self.head = 0, b"", b""
                 f.seek(self.offset)
                 data = f.read(4 << 20)
                 self.offset += len(data)
+                if len(self.head) < self.HEAD:
+                    f.seek(0)
+                    self.head = f.read(min(self.HEAD, self.offset))
         except OSError:
             return []
         chunks = re.split(rb"[\r\n]", self.partial + data)

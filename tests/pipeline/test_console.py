@@ -66,6 +66,12 @@ def test_tail_returns_complete_lines_once_and_splits_carriage_returns(tmp_path):
     assert tail.lines() == []
     log.write_bytes(b"new\n")  # recreated (a rerun of the stage): read from the start
     assert tail.lines() == ["new"]
+    # recreated and already longer than what was read: noticed by its first bytes
+    log.write_bytes(b":job_id:01\n")
+    assert tail.lines() == [":job_id:01"]
+    log.unlink()
+    log.write_bytes(b"[tokenizer] sample: 3 docs\n[tokenizer] training\n")
+    assert tail.lines() == ["[tokenizer] sample: 3 docs", "[tokenizer] training"]
 
 
 @pytest.fixture
