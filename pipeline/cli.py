@@ -55,12 +55,15 @@ def cmd_run(args) -> int:
     # decide what runs (and fail on unknown stages or missing upstream) before starting anything
     selection = select(Dag(stages, cfg), Storage(cfg.globals.output_root), args.only or [], args.from_,
                        args.force or [])
+    from pipeline.console import quiet_driver
+
+    driver_log = None if args.verbose else quiet_driver(cfg.globals.output_root)
     server = _tracking(cfg, keep=args.keep_server)
-    started_ray = ray_runtime.connect(cfg.globals.ray)
+    started_ray = ray_runtime.connect(cfg.globals.ray, verbose=args.verbose)
     import ray
 
-    console.print(f"Ray: {ray_runtime.cluster_summary()}")
-    runner = Runner(cfg, stages, server.uri)
+    console.print(f"Ray: {ray_runtime.cluster_summary()}" + (f" · driver log {driver_log}" if driver_log else ""))
+    runner = Runner(cfg, stages, server.uri, verbose=args.verbose)
     try:
         results = runner.run(selection)
     except PipelineFailed:
@@ -161,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rerun this stage even if cached ('all' for every stage)")
     r.add_argument("--keep-server", action="store_true", help="leave the local MLflow server running at exit")
     r.add_argument("--no-block", action="store_true", help="exit after deploying instead of serving until Ctrl-C")
+    r.add_argument("--verbose", action="store_true",
+                   help="show Ray's, MLflow's and the stages' framework output on the console (default: "
+                        "each stage's log file, <output>/<stage>.log)")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="each stage's fingerprint and whether its output is cached")

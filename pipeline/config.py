@@ -10,6 +10,10 @@
 
 Errors name the key, the file and the closest valid key; ``--set a.b=c`` overrides are parsed
 as YAML scalars and type-checked by the same models.
+
+A config may extend another: ``base: tiny.yaml`` (relative to the config's own folder) loads that
+file first and lays this one over it. Every mapping merges key by key at any depth (``model:`` as
+well as ``train:``); lists and scalars replace. ``--set`` overrides apply last.
 """
 
 from __future__ import annotations
@@ -109,15 +113,38 @@ def stage_hash(section: BaseModel) -> str:
 
 def load_config(path: str | Path, stages: Iterable[Stage], overrides: Iterable[str] = ()) -> PipelineConfig:
     path = Path(path)
+    raw = load_raw(path)
+    return parse_config(raw, stages, overrides, source=str(path), text=path.read_text())
+
+
+def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The YAML mapping of ``path`` with its ``base:`` chain resolved (base first, this file over it)."""
     if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
+        via = f" (the base of {_seen[-1]})" if _seen else ""
+        raise ConfigError(f"config file {path}{via} does not exist")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: base: includes form a cycle: {' -> '.join(map(str, (*_seen, path.resolve())))}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return parse_config(raw, stages, overrides, source=str(path), text=path.read_text())
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base: must name one YAML file (relative to {path.parent}), got {base!r}")
+    return deep_merge(load_raw(path.parent / base, (*_seen, path.resolve())), raw)
+
+
+def deep_merge(base: Mapping, over: Mapping) -> dict:
+    """``over`` laid on ``base``: mappings merge key by key at any depth, anything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) \
+            else copy.deepcopy(v)
+    return out
 
 
 def parse_config(raw: Mapping, stages: Iterable[Stage], overrides: Iterable[str] = (),

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pipeline import console
 from pipeline.config import GlobalConfig
 from pipeline.dag import FAILED, MANIFEST, SUCCESS
 from pipeline.stage import Stage, StageContext
@@ -60,6 +61,7 @@ def execute(job: StageJob) -> dict[str, Any]:
     tracker = Tracker(job.run_id, job.tracking_uri)
     storage.remove(name, fp)  # a failed or interrupted attempt starts clean
     out = _work_dir(storage, name, fp)
+    log_file = console.redirect_to_stage_log()  # again: the folder was just recreated
     inputs = {u: _local_input(storage, u, ufp) for u, ufp in job.upstream.items()}
     upstream_manifests = {u: storage.read_json(u, ufp, MANIFEST) for u, ufp in job.upstream.items()}
     ctx = StageContext(stage=name, out=out, inputs=inputs, tracker=tracker, pipeline=job.pipeline,
@@ -73,6 +75,7 @@ def execute(job: StageJob) -> dict[str, Any]:
         storage.write_text(details, name, fp, FAILED)
         tracker.set_tags({"whale.error": cause[:5000]})
         tracker.log_text(details, "error.txt")
+        _log_stage_log(tracker, log_file)
         _terminate(tracker, "FAILED")
         if isinstance(e, KeyboardInterrupt):
             raise
@@ -96,16 +99,30 @@ def execute(job: StageJob) -> dict[str, Any]:
     storage.write_text("", name, fp, SUCCESS)
     tracker.log_metrics({f"summary/{k}": v for k, v in summary.items() if _is_number(v)})
     tracker.log_metric("stage/wall_s", finished - started)
+    _log_stage_log(tracker, log_file)
     _terminate(tracker, "FINISHED")
     return manifest
 
 
+def stage_log_path(storage: Storage, name: str, fp: str) -> Path:
+    """Where the stage's framework output goes (the runner tails it): inside its output folder."""
+    return _work_dir_path(storage, name, fp) / f"{name}.log"
+
+
+def _work_dir_path(storage: Storage, name: str, fp: str) -> Path:
+    # a remote output root: the stage writes locally; uploaded after it returns
+    return cache_dir() / "staging" / name / fp if storage.remote else storage.local_path(name, fp)
+
+
+def _log_stage_log(tracker: Tracker, log_file: str | None) -> None:
+    if log_file and Path(log_file).exists():
+        tracker.log_artifact(log_file, "logs")
+
+
 def _work_dir(storage: Storage, name: str, fp: str) -> Path:
-    if storage.remote:  # stage writes locally; uploaded after it returns
-        out = cache_dir() / "staging" / name / fp
+    out = _work_dir_path(storage, name, fp)
+    if storage.remote:
         shutil.rmtree(out, ignore_errors=True)
-    else:
-        out = storage.local_path(name, fp)
     out.mkdir(parents=True, exist_ok=True)
     return out
 

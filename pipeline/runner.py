@@ -8,6 +8,9 @@ run that produced the output).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import logging
 import os
 import subprocess
 import time
@@ -20,13 +23,19 @@ from rich.markup import escape
 from pipeline import dag as dagmod
 from pipeline import report
 from pipeline.config import PipelineConfig
-from pipeline.console import LiveProgress, StageResult, console, results_table
+from pipeline.console import LiveProgress, StageResult, console, results_table, stage_log_env
 from pipeline.dag import Dag, DagError, Node
-from pipeline.executor import StageFailed, StageJob, execute
+from pipeline.executor import StageFailed, StageJob, execute, stage_log_path
 from pipeline.mlflow_server import runs_url
 from pipeline.stage import Stage
 from pipeline.storage import Storage
-from pipeline.tracking import Tracker, flatten
+from pipeline.tracking import DatasetRef, Tracker, flatten
+
+log = logging.getLogger(__name__)
+
+# What each stage's output folder is, as a dataset a downstream run consumed (lineage in MLflow's
+# runs table). Stages that register a model are linked by their LoggedModel instead.
+DATASET_NAMES = {"curate": "curated-corpus", "tokenizer": "token-shards"}
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,8 +83,12 @@ def select(dag: Dag, storage: Storage, only: list[str] = (), from_: str | None =
 
 
 class Runner:
-    def __init__(self, config: PipelineConfig, stages: list[Stage], tracking_uri: str):
+    """``verbose``: frameworks print to the console as they like; otherwise every stage's output goes
+    to its log file (``<output>/<stage>.log``) and the console shows Whale's own lines only."""
+
+    def __init__(self, config: PipelineConfig, stages: list[Stage], tracking_uri: str, verbose: bool = False):
         self.config = config
+        self.verbose = verbose
         self.dag = Dag(stages, config)
         self.storage = Storage(config.globals.output_root)
         self.tracking_uri = tracking_uri
@@ -99,7 +112,50 @@ class Runner:
         run = self.client.create_run(exp_id, run_name=node.name, tags=tags)
         tracker = Tracker(run.info.run_id, self.tracking_uri)
         tracker.log_params(flatten(node.config.model_dump(mode="json")))
+        self._log_lineage(tracker, node, producer=(extra_tags or {}).get("whale.produced_by") if cached else None)
         return run.info.run_id
+
+    def _log_lineage(self, tracker: Tracker, node: Node, producer: str | None) -> None:
+        """The stage run's inputs: upstream outputs as datasets (name, digest = fingerprint, path,
+        the upstream summary's counts) or, for model-producing stages, their LoggedModels; raw sources
+        for a stage without upstream. A cached run also links the producing run's models as outputs.
+        Lineage is bookkeeping: a failure here is logged to the driver log, never fails the run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            datasets, models = [], []
+            for up in self.dag.upstream(node.name):
+                unode = self.dag[up]
+                try:
+                    manifest = dagmod.manifest(self.storage, unode)
+                except OSError:  # an ordering-only upstream that is not there (serve run alone)
+                    continue
+                up_run = manifest.get("mlflow", {}).get("run_id")
+                produced = self._models_of(tracker, up_run)
+                if produced:
+                    models += produced
+                else:
+                    datasets.append(DatasetRef(DATASET_NAMES.get(up, f"{up}-output"), unode.fingerprint,
+                                               self.storage.uri(up, unode.fingerprint),
+                                               _counts(manifest.get("summary", {}))))
+            if not self.dag.upstream(node.name):
+                datasets += _raw_sources(node.config)
+            tracker.log_datasets(datasets)
+            tracker.log_model_inputs(models)
+            if producer:
+                tracker.log_model_outputs(self._models_of(tracker, producer))
+        except (MlflowException, OSError, ValueError) as e:
+            log.warning("lineage of %s not logged: %s", node.name, e)
+
+    def _models_of(self, tracker: Tracker, run_id: str | None) -> list[str]:
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return []
+        try:
+            return tracker.logged_models(run_id)
+        except MlflowException:  # a run this server does not hold (another server, deleted)
+            return []
 
     # -- running --------------------------------------------------------------------------
     def run(self, sel: Selection | None = None) -> list[StageResult]:
@@ -129,7 +185,7 @@ class Runner:
         running: dict = {}  # ObjectRef -> (name, run_id, started)
         failed: set[str] = set()
         interrupted = False
-        with LiveProgress() as live:
+        with LiveProgress(set(self.dag.order), verbose=self.verbose) as live:
             try:
                 while pending or running:
                     for name in list(pending):
@@ -143,10 +199,11 @@ class Runner:
                         if all(u in results and results[u].status in ("ran", "cached") for u in ups):
                             pending.remove(name)
                             running[self._launch(name, exp_id, parent_id)] = (name, time.time())
-                            live.start(name, f"[{self.dag[name].fingerprint}]")
+                            live.start(name, f"[{self.dag[name].fingerprint}]", self._log_path(name))
                     if not running:
                         break
                     done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                    live.poll()
                     for ref in done:
                         name, started = running.pop(ref)
                         res = self._collect(ref, name, exp_id, started)
@@ -173,6 +230,7 @@ class Runner:
                 console.print(f"[bold red]✗ stage {r.name!r} {r.status}[/]: {escape(r.error or '')}")
                 if r.status == "failed":
                     console.print(f"  traceback: {self.storage.uri(r.name, r.fingerprint, dagmod.FAILED)}")
+                    console.print(f"  full log:  {self._log_path(r.name)}")
             console.print("  [bold]To resume[/], run the same command again: finished stages are cached "
                           "and the run restarts at the first stage without _SUCCESS.")
             raise PipelineFailed(", ".join(f"{r.name} {r.status}" for r in bad))
@@ -188,14 +246,21 @@ class Runner:
                        upstream=self.dag.inputs(name, self.storage),
                        tracking_uri=self.tracking_uri, run_id=run_id)
         opts = node.stage.resources.ray_options()
+        env = {"MLFLOW_TRACKING_URI": self.tracking_uri,
+               # what the stage's own Ray work (Ray Train's controller, Serve) inherits: Ray's state
+               # API otherwise guesses the cluster and fails when a machine runs two of them
+               "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+        if not self.verbose:
+            env.update(stage_log_env(self._log_path(name), launch_id=run_id))
+            if not self.storage.remote:  # the console tails this file: not an earlier attempt's lines
+                self._log_path(name).unlink(missing_ok=True)
         task = ray.remote(_execute_remote).options(
             name=f"stage:{name}", max_retries=0, scheduling_strategy="SPREAD",
-            runtime_env={"env_vars": {
-                "MLFLOW_TRACKING_URI": self.tracking_uri,
-                # what the stage's own Ray work (Ray Train's controller, Serve) inherits: Ray's state
-                # API otherwise guesses the cluster and fails when a machine runs two of them
-                "RAY_ADDRESS": ray.get_runtime_context().gcs_address}}, **opts)
+            runtime_env={"env_vars": env}, **opts)
         return task.remote(job)
+
+    def _log_path(self, name: str) -> Path:
+        return stage_log_path(self.storage, name, self.dag[name].fingerprint)
 
     def _collect(self, ref, name: str, exp_id: str, started: float) -> StageResult:
         import ray
@@ -252,7 +317,8 @@ class Runner:
         text = report.render(self.config.name, results, self.dag.stages, self.tracking_uri, parent_url, plots)
         self.storage.write_text(text, "runs", parent.run_id, "report.md")
         parent.log_text(text, "report.md")
-        console.print(Markdown(text))
+        if console.is_terminal:  # a log (CI, `ray job logs`) keeps the table above and the card's path
+            console.print(Markdown(text))
         console.print(f"Report card: {self.storage.uri('runs', parent.run_id, 'report.md')}")
 
     def _plots(self, run_id: str) -> list[str]:
@@ -282,6 +348,28 @@ class Runner:
         tracker.log_metrics({f"{r.name}/wall_s": r.wall_s for r in results if r.wall_s is not None})
         status = "FINISHED" if ok else ("KILLED" if interrupted else "FAILED")
         self.client.set_terminated(tracker.run_id, status)
+
+
+def _counts(summary: dict) -> dict:
+    """The numbers of a stage summary worth showing as a dataset's profile (rows, tokens, sizes)."""
+    return {k: v for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.endswith("_s")}
+
+
+def _raw_sources(config) -> list[DatasetRef]:
+    """A first stage's configured sources (curate's ``sources``) as datasets."""
+    refs = []
+    for src in getattr(config, "sources", None) or ():
+        if not hasattr(src, "model_dump"):  # e.g. the tokenizer's list of branch names: not a source
+            continue
+        spec = src.model_dump(mode="json")
+        if not isinstance(spec, dict) or "type" not in spec:
+            continue
+        path = spec.get("path")
+        name = f"{spec.get('type', 'source')}:{Path(path).name}" if path else f"{spec.get('type', 'source')}-sources"
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+        refs.append(DatasetRef(name, digest, path or spec.get("type", "local"), {}))
+    return refs
 
 
 def _execute_remote(job: StageJob) -> dict:

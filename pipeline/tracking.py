@@ -127,26 +127,96 @@ class Tracker:
         if self.active:
             self.client.log_figure(self.run_id, figure, name)
 
+    # -- lineage: datasets in, models out -----------------------------------------------------
+    def log_datasets(self, datasets: Iterable["DatasetRef"], context: str = "input") -> None:
+        """What the run consumed, as MLflow datasets (the runs table's Dataset column)."""
+        if not self.active:
+            return
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = [DatasetInput(d.entity(), tags=[InputTag("mlflow.data.context", context)]) for d in datasets]
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def log_model_inputs(self, model_ids: Iterable[str]) -> None:
+        """Logged models the run consumed (another stage's output model)."""
+        if not self.active:
+            return
+        from mlflow.entities import LoggedModelInput
+
+        models = [LoggedModelInput(m) for m in model_ids]
+        if models:
+            self.client.log_inputs(self.run_id, models=models)
+
+    def log_model_outputs(self, model_ids: Iterable[str]) -> None:
+        """Link logged models to this run as its outputs (the runs table's Models column)."""
+        if not self.active:
+            return
+        from mlflow.entities import LoggedModelOutput
+
+        models = [LoggedModelOutput(m, step=0) for m in model_ids]
+        if models:
+            self.client.log_outputs(self.run_id, models)
+
+    def logged_models(self, run_id: str | None = None) -> list[str]:
+        """Ids of the logged models a run produced (``source_run_id``), oldest first."""
+        if not self.active:
+            return []
+        run = self.client.get_run(run_id or self.run_id)
+        found = self.client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+        return [m.model_id for m in sorted(found, key=lambda m: m.creation_timestamp)]
+
     # -- model registry -------------------------------------------------------------------
-    def register_model(self, local_dir: str | Path, name: str, alias: str,
-                       artifact_path: str = "model") -> str | None:
-        """Log ``local_dir`` as this run's ``artifact_path`` and register it as a new
-        version of ``name`` with ``alias``. Returns the version (None when inactive)."""
+    def register_model(self, local_dir: str | Path, name: str, alias: str) -> str | None:
+        """Log ``local_dir`` as an MLflow 3 LoggedModel produced by this run (named
+        ``<name>-<alias>``, linked as the run's output) and register it as a new version of ``name``
+        with ``alias``. Returns the version (None when inactive)."""
         if not self.active:
             return None
         from mlflow.exceptions import MlflowException
 
-        self.log_artifacts(local_dir, artifact_path)
+        run = self.client.get_run(self.run_id)
+        model = self.client.create_logged_model(
+            run.info.experiment_id, name=f"{name}-{alias}", source_run_id=self.run_id,
+            tags={"whale.alias": alias, "whale.stage": run.data.tags.get("whale.stage", "")}, model_type="whale")
+        try:
+            self.client.log_model_artifacts(model.model_id, str(local_dir))
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.log_model_outputs([model.model_id])
         try:
             self.client.create_registered_model(name)
         except MlflowException as e:  # already exists
             if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
                 raise
-        mv = self.client.create_model_version(
-            name, source=f"runs:/{self.run_id}/{artifact_path}", run_id=self.run_id)
+        mv = self.client.create_model_version(name, source=f"models:/{model.model_id}", run_id=self.run_id,
+                                              model_id=model.model_id)
         self.client.set_registered_model_alias(name, alias, mv.version)
         self.set_tags({f"registered.{alias}": f"models:/{name}/{mv.version}"})
         return str(mv.version)
+
+
+class DatasetRef:
+    """One consumed dataset: a stage's output folder (or a raw source) with its digest and counts."""
+
+    def __init__(self, name: str, digest: str, source: str, profile: Mapping[str, Any] | None = None):
+        self.name, self.digest, self.source = name, digest, source
+        self.profile = dict(profile or {})
+
+    def entity(self):
+        from mlflow.entities import Dataset
+
+        scheme = source_type(self.source)
+        return Dataset(name=self.name, digest=self.digest[:36], source_type=scheme,
+                       source=json.dumps({"uri": self.source}),
+                       profile=json.dumps(self.profile, default=str)[:16000] if self.profile else None)
+
+
+def source_type(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "local"
 
 
 def _param_str(v: Any) -> str:
