@@ -66,3 +66,27 @@ def test_ui_keeps_its_server_until_ui_stop(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
     assert _wait_dead(running.pid) and not (root / "mlflow" / "server.json").exists()
+
+
+def test_ray_helpers_of_a_killed_driver_are_reaped(tmp_path):
+    """The record/reap half of the Ray wiring, with real processes standing in for gcs and raylet
+    (starting a real local Ray here would attach other tests' ray.init() to it)."""
+    env = {**ENV, "WHALE_CACHE": str(tmp_path)}
+    driver = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import subprocess, sys, time
+        from pipeline.ray_runtime import record_helpers
+        helpers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]) for _ in range(2)]
+        record_helpers()
+        print(" ".join(str(h.pid) for h in helpers), flush=True)
+        time.sleep(600)
+        """)], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    helpers = [int(x) for x in driver.stdout.readline().split()]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert all(_alive(h) for h in helpers)  # orphans, as Ray's helpers are after a SIGKILL
+
+    code = "from pipeline.ray_runtime import reap_orphaned_helpers; print(reap_orphaned_helpers())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "2", out.stderr
+    assert all(_wait_dead(h) for h in helpers)
+    assert not list((tmp_path / "ray-helpers").glob("*.json"))
