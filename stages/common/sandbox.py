@@ -243,8 +243,10 @@ def _make_cgroup(total_mb: int) -> _Cgroup | None:
         fstype, point, super_opts = fields[sep + 1], fields[4], fields[-1]
         if fstype == "cgroup2" and "" in own:
             base = os.path.join(point, own[""].lstrip("/"))
-            if "memory" not in Path(base, "cgroup.subtree_control").read_text().split() if os.path.exists(
-                    os.path.join(base, "cgroup.subtree_control")) else True:
+            try:  # a child gets the memory controller only if our cgroup hands it down
+                if "memory" not in Path(base, "cgroup.subtree_control").read_text().split():
+                    continue
+            except OSError:
                 continue
             path, version, files = os.path.join(base, name), 2, {"memory.max": limit, "memory.swap.max": "0"}
         elif fstype == "cgroup" and "memory" in super_opts.split(","):
