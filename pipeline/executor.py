@@ -3,6 +3,13 @@
 Runs inside a Ray task (``python -m pipeline run``) or in-process (``python -m stages.X``).
 ``_SUCCESS`` and ``manifest.json`` are written only after the stage returns; a stage that
 raises leaves ``_FAILED`` (with the traceback) instead, so a rerun resumes exactly there.
+
+A new attempt of the same fingerprint (same config, code and upstream) keeps what the failed or
+killed attempt left in the folder, removing only its markers (a forced rerun of a finished stage
+starts from an empty folder): stages resume *inside* from it
+(curate's datatrove passes skip the tasks recorded in ``completions/``; pretrain restarts from
+its checkpoints). So a stage writes its files by overwriting, never by appending to what a
+previous attempt may have left; one that needs a clean folder clears it itself.
 """
 
 from __future__ import annotations
@@ -59,9 +66,8 @@ def execute(job: StageJob) -> dict[str, Any]:
     name, fp = job.stage.name, job.fingerprint
     storage = Storage(job.output_root)
     tracker = Tracker(job.run_id, job.tracking_uri)
-    storage.remove(name, fp)  # a failed or interrupted attempt starts clean
-    out = _work_dir(storage, name, fp)
-    log_file = console.redirect_to_stage_log()  # again: the folder was just recreated
+    out = _work_dir(storage, name, fp, fresh=storage.exists(name, fp, SUCCESS))
+    log_file = console.redirect_to_stage_log()  # again: a forced rerun just recreated the folder
     inputs = {u: _local_input(storage, u, ufp) for u, ufp in job.upstream.items()}
     upstream_manifests = {u: storage.read_json(u, ufp, MANIFEST) for u, ufp in job.upstream.items()}
     ctx = StageContext(stage=name, out=out, inputs=inputs, tracker=tracker, pipeline=job.pipeline,
@@ -110,7 +116,7 @@ def stage_log_path(storage: Storage, name: str, fp: str) -> Path:
 
 
 def _work_dir_path(storage: Storage, name: str, fp: str) -> Path:
-    # a remote output root: the stage writes locally; uploaded after it returns
+    # a remote output root: the stage writes locally (kept across attempts on this machine); uploaded after it returns
     return cache_dir() / "staging" / name / fp if storage.remote else storage.local_path(name, fp)
 
 
@@ -119,9 +125,15 @@ def _log_stage_log(tracker: Tracker, log_file: str | None) -> None:
         tracker.log_artifact(log_file, "logs")
 
 
-def _work_dir(storage: Storage, name: str, fp: str) -> Path:
+def _work_dir(storage: Storage, name: str, fp: str, fresh: bool) -> Path:
+    """The stage's folder: emptied for a forced rerun of a finished stage (``fresh``), else what an
+    unfinished attempt left is kept and only its verdict markers go."""
+    if fresh:
+        storage.remove(name, fp)
+    for marker in (FAILED, SUCCESS, MANIFEST):
+        storage.remove(name, fp, marker)
     out = _work_dir_path(storage, name, fp)
-    if storage.remote:
+    if storage.remote and fresh:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -5,6 +5,12 @@ Order: ``tracking.uri`` from the config, else ``MLFLOW_TRACKING_URI``, else a lo
 recorded in ``<state_dir>/server.json`` and reused by later runs while it is alive. Exactly one
 process ever writes the SQLite file: starting is serialised by a file lock, and the server runs
 a single worker.
+
+Ownership: ``server.json`` records who started the server. A pipeline run owns the server it
+started (its pid and start time) and stops it at exit; if the run was killed (SIGKILL, OOM)
+instead, the next start finds the owner gone and reaps the orphan before starting afresh. A
+server started by ``python -m pipeline ui`` (or with ``keep``) has no owner: it stays until
+``python -m pipeline ui --stop``.
 """
 
 from __future__ import annotations
@@ -54,30 +60,33 @@ def healthy(uri: str, timeout: float = 2.0) -> bool:
 
 
 def resolve(configured: str | None, state_dir: Path, keep: bool) -> TrackingServer:
-    """The tracking server to use; started (and stopped at exit unless ``keep``) if needed."""
+    """The tracking server to use; started (and stopped at exit unless ``keep``) if needed.
+
+    A server that this process starts without ``keep`` is owned by it (see the module docstring)."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         if uri.startswith("http") and not healthy(uri, timeout=10):
             raise TrackingError(f"MLflow tracking server {uri} does not answer on /health; "
                                 f"start it or unset MLFLOW_TRACKING_URI to use a local one")
         return TrackingServer(uri)
-    server = find_or_start_local(state_dir)
+    server = find_or_start_local(state_dir, owner=None if keep else os.getpid())
     if server.started_here and not keep:
         atexit.register(server.stop)
     return server
 
 
-def find_or_start_local(state_dir: Path) -> TrackingServer:
+def find_or_start_local(state_dir: Path, owner: int | None = None) -> TrackingServer:
+    """The live local server, else a new one owned by process ``owner`` (None: kept until --stop)."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     with _locked(state_dir / "server.lock"):
-        running = find_local(state_dir)
+        running = find_local(state_dir, reap_orphan=True)
         if running:
             return running
-        return _start(state_dir)
+        return _start(state_dir, owner)
 
 
-def find_local(state_dir: Path) -> TrackingServer | None:
+def find_local(state_dir: Path, reap_orphan: bool = False) -> TrackingServer | None:
     state_file = Path(state_dir) / "server.json"
     if not state_file.exists():
         return None
@@ -85,12 +94,19 @@ def find_local(state_dir: Path) -> TrackingServer | None:
         state = json.loads(state_file.read_text())
     except json.JSONDecodeError:
         return None
+    if reap_orphan and state.get("owner") and not _same_process(state["owner"], state.get("owner_started")):
+        if _alive(state.get("pid")):
+            print(f"MLflow: reaping the server (pid {state['pid']}) left by run pid {state['owner']}, "
+                  "which ended without stopping it", file=sys.stderr)
+            _terminate(state["pid"])
+        state_file.unlink(missing_ok=True)
+        return None
     if _alive(state.get("pid")) and healthy(state["uri"]):
         return TrackingServer(state["uri"], started_here=False, pid=state["pid"], state_dir=Path(state_dir))
     return None
 
 
-def _start(state_dir: Path) -> TrackingServer:
+def _start(state_dir: Path, owner: int | None = None) -> TrackingServer:
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     log = open(state_dir / "server.log", "ab")
@@ -115,7 +131,8 @@ def _start(state_dir: Path) -> TrackingServer:
         _terminate(proc.pid)
         raise TrackingError(f"mlflow server did not come up within {STARTUP_TIMEOUT_S}s; "
                             f"see {state_dir / 'server.log'}")
-    (state_dir / "server.json").write_text(json.dumps({"uri": uri, "pid": proc.pid}))
+    state = {"uri": uri, "pid": proc.pid, "owner": owner, "owner_started": _started_at(owner) if owner else None}
+    (state_dir / "server.json").write_text(json.dumps(state))
     return TrackingServer(uri, started_here=True, pid=proc.pid, state_dir=state_dir)
 
 
@@ -133,6 +150,21 @@ def _alive(pid: int | None) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def _started_at(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _same_process(pid: int, started: float | None) -> bool:
+    """Is ``pid`` still the process recorded (not a dead one whose pid was reused)?"""
+    now = _started_at(pid)
+    return now is not None and (started is None or abs(now - started) < 1e-3)
 
 
 def _terminate(pid: int, grace_s: float = 10.0) -> None:

@@ -72,13 +72,19 @@ def select(dag: Dag, storage: Storage, only: list[str] = (), from_: str | None =
             run.append(node.name)
         else:
             reuse.append(node.name)
-    # every upstream of a running stage must be running or cached
+    # every upstream of a running stage must be running or cached; a cached one outside the
+    # selection (``--only tokenizer`` after a curate run) is reused, so the stage can start
     for name in run:
-        for up in dag.upstream(name) if dag.stages[name].reads_upstream else ():
-            if up not in run and dagmod.state(storage, dag[up]) != "cached":
+        for up in dag.upstream(name):
+            if up in run or up in reuse:
+                continue
+            if dagmod.state(storage, dag[up]) == "cached":
+                reuse.append(up)
+            elif dag.stages[name].reads_upstream:
                 raise DagError(f"stage {name!r} needs the output of {up!r}, which is not cached "
                                f"({storage.uri(up, dag[up].fingerprint)}); run it first "
                                f"(drop --only, or add --from {up})")
+    reuse.sort(key=dag.order.index)
     return Selection(run=run, reuse=reuse, forced=forced)
 
 
@@ -189,7 +195,8 @@ class Runner:
             try:
                 while pending or running:
                     for name in list(pending):
-                        ups = self.dag.upstream(name)
+                        # upstreams outside this selection (not cached, not read) do not hold it up
+                        ups = [u for u in self.dag.upstream(name) if u in sel.run or u in sel.reuse]
                         if any(u in failed or (u in results and results[u].status in ("failed", "skipped"))
                                for u in ups):
                             pending.remove(name)
@@ -201,6 +208,9 @@ class Runner:
                             running[self._launch(name, exp_id, parent_id)] = (name, time.time())
                             live.start(name, f"[{self.dag[name].fingerprint}]", self._log_path(name))
                     if not running:
+                        for name in pending:  # never silently: whatever could not start is reported
+                            results[name] = self._result(self.dag[name], "skipped", error="upstream not available")
+                            failed.add(name)
                         break
                     done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
                     live.poll()

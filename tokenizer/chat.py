@@ -37,6 +37,13 @@ if TYPE_CHECKING:
     from tokenizer.tokenizer import Tokenizer
 
 REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")  # transformers' alias order
+
+# Message text through the exported template: every "<" becomes this private-use character, which
+# the exported tokenizer's normalizer turns back into "<" *after* special tokens were matched on
+# the raw string. So "<｜end▁of▁sentence｜>" typed by a user can never match a special token in
+# transformers / vLLM, and still encodes to the same ids as Whale's own tokenizer (plain text).
+# (A literal U+E000 in message text therefore reads as "<" through the HF export.)
+HF_TEXT_ESCAPE = "\ue000"
 ROLES = ("system", "user", "assistant")
 TRAIN_ON = ("last", "all")
 
@@ -52,6 +59,7 @@ CHAT_TEMPLATE = (
     "{%- elif message.content is defined and message.content is not none -%}"
     "{%- set content = message.content | map(attribute='text') | join('') -%}"
     "{%- else -%}{%- set content = '' -%}{%- endif -%}"
+    "{%- set content = content | replace('<', '" + HF_TEXT_ESCAPE + "') -%}"
     "{%- if message.role == 'system' -%}{{- '" + SYSTEM + "' + content -}}"
     "{%- elif message.role == 'user' -%}{{- '" + USER + "' + content -}}"
     "{%- elif message.role == 'assistant' -%}"
@@ -59,7 +67,8 @@ CHAT_TEMPLATE = (
     "{%- if loop.index0 > ns.last_user -%}"
     "{%- generation -%}"
     "{%- if message.reasoning_content is string -%}"
-    "{{- '" + THINK + "\\n' + message.reasoning_content + '\\n" + THINK_END + "\\n\\n' -}}"
+    "{{- '" + THINK + "\\n' + (message.reasoning_content | replace('<', '" + HF_TEXT_ESCAPE + "'))"
+    " + '\\n" + THINK_END + "\\n\\n' -}}"
     "{%- endif -%}"
     "{{- content + eos_token -}}"
     "{%- endgeneration -%}"

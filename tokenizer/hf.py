@@ -8,9 +8,12 @@ The sentencepiece model becomes a ``tokenizers`` BPE model with byte fallback:
 - merges: sentencepiece merges, at each step, the adjacent pair whose concatenation is the
   highest-scored piece; HF merges the pair of lowest rank. Listing, for every learned piece in
   score order, each way of splitting it into two vocabulary pieces makes the two agree.
-- special tokens: added tokens at their fixed ids, matched before BPE (HF has no
-  "typed specials are text" default: ``apply_chat_template(..., sanitize_control_tokens=True)``
-  or ``split_special_tokens=True`` give that behaviour there).
+- special tokens: added tokens at their fixed ids, matched on the raw string before BPE. Through
+  the chat template, message text cannot produce them: the template writes each "<" of a
+  message as U+E000 (``HF_TEXT_ESCAPE``) and the normalizer, which runs after special tokens were
+  matched, turns it back into "<", so the ids equal Whale's own tokenizer's (typed specials are
+  text). A bare ``tok(text)`` still matches specials in ``text``, as every HF tokenizer does
+  (``split_special_tokens=True`` turns that off).
 - no post-processor: ``tok(text)`` adds no BOS/EOS, like ``Tokenizer.encode``; the chat template
   writes its own BOS.
 """
@@ -21,7 +24,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokenizer.chat import CHAT_TEMPLATE
+from tokenizer.chat import CHAT_TEMPLATE, HF_TEXT_ESCAPE
 from tokenizer.special import BY_NAME, N_SPECIAL, SPECIAL_TOKENS, UNK
 
 if TYPE_CHECKING:
@@ -57,13 +60,14 @@ def _vocab_and_merges(tok: "Tokenizer") -> tuple[dict[str, int], list[tuple[str,
 
 def build_hf_tokenizer(tok: "Tokenizer"):
     """The ``tokenizers.Tokenizer`` equivalent of ``tok`` (same ids for every text)."""
-    from tokenizers import AddedToken, decoders, models
+    from tokenizers import AddedToken, decoders, models, normalizers
     from tokenizers import Tokenizer as HFTokenizer
 
     vocab, merges = _vocab_and_merges(tok)
     hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=UNK, byte_fallback=True,
                                 fuse_unk=False))
     hf.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    hf.normalizer = normalizers.Replace(HF_TEXT_ESCAPE, "<")  # see the module docstring
     hf.add_tokens([AddedToken(t.text, special=t.hf_special, normalized=False)
                    for t in SPECIAL_TOKENS if t.name != "unk"])
     return hf

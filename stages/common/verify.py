@@ -27,7 +27,6 @@ import select
 import subprocess
 import sys
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -447,24 +446,19 @@ def check_countdown(expr: str | None, numbers: Sequence[int], target: int) -> Ve
 # code
 # ----------------------------------------------------------------------------------------
 
-def build_test_program(code: str, tests: str | Sequence[str], entry_point: str | None = None,
-                       call_check: bool = False) -> tuple[str, str]:
-    """(program, nonce): candidate, then tests, then a nonce printed only if all tests ran.
+def build_test_source(tests: str | Sequence[str], entry_point: str | None = None, call_check: bool = False) -> str:
+    """The tests as one source, run by the sandbox after the candidate (``run_python(tests=...)``).
 
-    The nonce guards against a candidate that exits early with status 0 (``sys.exit()``,
-    ``os._exit(0)``) and so never reaches the tests. It is not a defence against code written
-    to cheat (the nonce sits in the same file).
     ``call_check``: HumanEval style, the tests define ``check(candidate)``; call it on entry_point.
+    The sandbox, not a printed nonce, says whether they ran to their end: the tests are never
+    written where the candidate could read them, and the completion token is held by the harness.
     """
-    nonce = uuid.uuid4().hex
     test_src = tests if isinstance(tests, str) else "\n".join(tests)
-    parts = [code, "", "# ---- tests ----", test_src]
     if call_check:
         if not entry_point:
             raise ValueError("call_check needs an entry_point")
-        parts.append(f"check({entry_point})")
-    parts.append(f"print({nonce!r})")
-    return "\n".join(parts) + "\n", nonce
+        test_src += f"\ncheck({entry_point})\n"
+    return test_src
 
 
 def check_code(code: str | None, tests: str | Sequence[str], *, entry_point: str | None = None,
@@ -474,10 +468,9 @@ def check_code(code: str | None, tests: str | Sequence[str], *, entry_point: str
         return Verdict(False, "no_answer", code)
     if entry_point and not re.search(rf"\bdef\s+{re.escape(entry_point)}\s*\(", code) and not call_check:
         return Verdict(False, "wrong", code, f"no function named {entry_point}")
-    program, nonce = build_test_program(code, tests, entry_point, call_check)
-    res = run_python(program, limits=limits)
+    res = run_python(code, tests=build_test_source(tests, entry_point, call_check), limits=limits)
     info = res.to_dict()
-    if res.reason == "ok" and nonce in res.stdout:
+    if res.reason == "ok" and res.tests_completed:
         return Verdict(True, "correct", code, sandbox=info)
     if res.reason == "ok":
         return Verdict(False, "wrong", code, "exited before the tests finished", sandbox=info)

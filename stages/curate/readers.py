@@ -2,7 +2,12 @@
 
 datatrove's own JSONL/WARC readers log and skip bad lines, and a truncated gzip ends the task with
 a traceback; here every record is either a Document or an ``unreadable`` count with a reason
-(invalid_utf8, malformed_json, truncated_gzip, binary, empty, too_large, ...), and the task goes on.
+(invalid_utf8, invalid_unicode, malformed_json, truncated_gzip, not_gzip, empty_file, duplicate_id,
+binary, empty, too_large, ...), and the task goes on.
+
+``invalid_unicode``: JSON can spell strings no UTF-8 text holds (an escaped lone surrogate,
+``"\ud800"``); such a record would fail fastText and the JSON writer downstream, deterministically,
+so it is counted here instead. ``duplicate_id``: a second record with an id this task already read.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from stages.curate.markup import detect_format
 
 # errors a damaged compressed stream raises part-way through
 _STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
+_MAGIC = {".gz": b"\x1f\x8b", ".zst": b"\x28\xb5\x2f\xfd", ".bz2": b"BZh", ".xz": b"\xfd7zXZ\x00"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Unreadable(Exception):
@@ -48,6 +55,7 @@ class SourceReader(BaseReader):
         if world_size != len(self.shards):
             raise ValueError(f"units were dealt to {len(self.shards)} tasks but the executor runs {world_size}")
         acct = ReaderAccounting(self)
+        seen_ids: set[str] = set()
         for unit in self.shards[rank]:
             self.stat_update("units")
             with self.track_time("unit"):
@@ -55,6 +63,10 @@ class SourceReader(BaseReader):
                     if isinstance(item, str):
                         acct.unreadable(item)
                         continue
+                    if item.id in seen_ids:
+                        acct.unreadable("duplicate_id")
+                        continue
+                    seen_ids.add(item.id)
                     if not item.text.strip():
                         acct.unreadable("empty")
                         continue
@@ -83,7 +95,7 @@ class SourceReader(BaseReader):
             with (gzip.open if compressed else open)(path, "rb") as f:
                 raw = f.read(self.max_doc_bytes + 1)
         except _STREAM_ERRORS:
-            yield "truncated_gzip" if compressed else "io_error"
+            yield _stream_error_reason(path) if compressed else "io_error"
             return
         if len(raw) > self.max_doc_bytes:  # a compressed file can hold more than its listed size
             yield "too_large"
@@ -130,9 +142,11 @@ class SourceReader(BaseReader):
                     yield "malformed_json"
                     continue
                 yield self._record_document(record, unit, f"{unit['uri']}#{lineno}")
+            if n == 0:
+                yield "empty_file"
         except _STREAM_ERRORS as e:
             logger.warning(f"{unit['uri']}: stream ends early ({e}); the rest of the file is lost")
-            yield "truncated_gzip" if _compressed(unit["uri"]) else "io_error"
+            yield _stream_error_reason(unit["uri"]) if _compressed(unit["uri"]) else "io_error"
 
     # -- Parquet --------------------------------------------------------------------------------------
     def _read_parquet(self, unit: dict) -> Iterator[Document | str]:
@@ -148,6 +162,8 @@ class SourceReader(BaseReader):
                     logger.warning(f"{unit['uri']}: no column {unit['text_key']!r} (columns: {names})")
                     yield "no_text_column"
                     return
+                if pf.metadata.num_rows == 0:
+                    yield "empty_file"
                 for batch in pf.iter_batches(batch_size=1024):
                     for row in batch.to_pylist():
                         if unit.get("limit") and n >= unit["limit"]:
@@ -172,7 +188,10 @@ class SourceReader(BaseReader):
         meta.update({k: v for k, v in record.items() if isinstance(v, (str, int, float, bool))})
         meta.update(source=unit["kind"], file=unit["uri"])
         meta.setdefault("format", "plain")
-        return Document(text=text, id=str(doc_id), metadata=meta)
+        doc_id = str(doc_id)
+        if not _valid_unicode(text, doc_id, json.dumps(meta, ensure_ascii=False, default=str)):
+            return "invalid_unicode"
+        return Document(text=text, id=doc_id, metadata=meta)
 
     # -- WARC / WET ---------------------------------------------------------------------------------------
     def _read_warc(self, unit: dict) -> Iterator[Document | str]:
@@ -183,6 +202,10 @@ class SourceReader(BaseReader):
         n = 0
         try:
             with fsspec.open(unit["uri"], "rb") as f:
+                if not f.read(1):
+                    yield "empty_file"
+                    return
+                f.seek(0)
                 for record in ArchiveIterator(f):
                     if record.rec_type not in ("response", "conversion"):
                         continue  # requests, metadata, warcinfo: not documents
@@ -195,7 +218,7 @@ class SourceReader(BaseReader):
             yield "corrupt_warc"
         except _STREAM_ERRORS as e:
             logger.warning(f"{unit['uri']}: stream ends early ({e}); the rest of the file is lost")
-            yield "truncated_gzip" if _compressed(unit["uri"]) else "io_error"
+            yield _stream_error_reason(unit["uri"]) if _compressed(unit["uri"]) else "io_error"
 
 
 class StagedReader(BaseReader):
@@ -313,7 +336,28 @@ def _lines(uri: str) -> Iterator[tuple[int, bytes]]:
 
 
 def _compressed(uri: str) -> bool:
-    return uri.endswith((".gz", ".zst", ".bz2", ".xz"))
+    return uri.lower().endswith(tuple(_MAGIC))
+
+
+def _stream_error_reason(uri: str) -> str:
+    """A compressed file that fails: cut short (``truncated_gzip``), or never compressed at all
+    (``not_gzip``: a plain file named .gz, told apart by its magic bytes)."""
+    import fsspec
+
+    magic = next((m for ext, m in _MAGIC.items() if uri.lower().endswith(ext)), None)
+    try:
+        with fsspec.open(uri, "rb") as f:
+            head = f.read(len(magic or b""))
+    except OSError:
+        return "io_error"
+    if magic is not None and head != magic:
+        return "not_gzip" if uri.lower().endswith(".gz") else "not_compressed"
+    return "truncated_gzip"
+
+
+def _valid_unicode(*strings: str) -> bool:
+    """No lone surrogates (text UTF-8 cannot encode)."""
+    return not any(not s.isascii() and _SURROGATE.search(s) for s in strings)
 
 
 def _short_path(path: str) -> str:

@@ -196,6 +196,8 @@ class OpenAIServer:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise P.APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+        except RecursionError:  # the parser recurses per nesting level: [[[[...]]]] 100,000 deep
+            raise P.APIError(400, "request body is nested too deeply", code="invalid_json") from None
         if not isinstance(data, dict):
             raise P.APIError(400, "request body must be a JSON object", code="invalid_json")
         return data
@@ -305,6 +307,12 @@ class OpenAIServer:
     def _submit(self, kind: P.Kind, id_prefix: str, req, prompts: list[list[int]], default_max_tokens: int,
                 prompt_param: str, *, reasoning: bool, t0: float) -> _Job:
         """Check every prompt's budget, then queue all engine requests (all or none)."""
+        wanted, most = len(prompts) * req.n, self.engine.engine.num_slots + self.engine.engine.config.max_waiting
+        if wanted > most:  # could never be admitted, however long the client waits: not a 503
+            raise P.APIError(400, f"this request needs {wanted} generations (prompts x n); the server holds at most "
+                                  f"{most} at once ({self.engine.engine.num_slots} running + "
+                                  f"{self.engine.engine.config.max_waiting} queued): split it",
+                             code="too_many_prompts", param="prompt")
         budgets = [self._max_tokens(req.max_tokens, len(p), default_max_tokens, prompt_param) for p in prompts]
         stops = P.stop_strings(req)
         top_k = req.top_k if req.top_k and req.top_k > 0 else 0

@@ -178,3 +178,109 @@ def test_selection_prefers_what_the_filters_keep():
     # up to their own size bound, then docs; the change log no longer fits
     assert [c.package for c in picked] == ["x", "big", "tar", "b"]
     assert skipped == {"docs": 1, "bytes": 5000}
+
+
+# -- issue 21: inputs that used to stop a stage, and a fuzz of the reader ---------------------------
+
+def _jsonl(tmp_path, name: str, raw: bytes) -> list[dict]:
+    path = tmp_path / name
+    path.write_bytes(raw)
+    return file_units(FileSource(type="jsonl", path=str(path)))
+
+
+def test_lone_surrogates_are_counted_not_fatal(tmp_path):
+    good = json.dumps({"text": UDHR["en"], "id": "ok"})
+    raw = "\n".join([good, r'{"text": "bad \ud800 text", "id": "s1"}',
+                     r'{"text": "fine", "id": "s2", "lang": "\udfff"}',
+                     r'{"text": "fine too", "id": "s3", "metadata": {"deep": ["\ud83d"]}}',
+                     r'{"text": "a real pair \ud83d\ude00 is fine", "id": "emoji"}']).encode()
+    docs, unreadable, _ = read_all(_jsonl(tmp_path, "s.jsonl", raw))
+    assert [d.id for d in docs] == ["ok", "emoji"]
+    assert unreadable == {"invalid_unicode": 3}
+    # what used to fail downstream now works: every document encodes as UTF-8 and through orjson
+    import orjson
+
+    for d in docs:
+        d.text.encode("utf-8")
+        orjson.dumps({"text": d.text, "id": d.id, "metadata": d.metadata})
+
+
+def test_duplicate_ids_are_kept_once_and_counted(tmp_path):
+    raw = "\n".join(json.dumps({"text": f"text {i}", "id": "same" if i < 3 else f"other{i}"}) for i in range(5))
+    docs, unreadable, _ = read_all(_jsonl(tmp_path, "d.jsonl", raw.encode()))
+    assert [d.id for d in docs] == ["same", "other3", "other4"]
+    assert unreadable == {"duplicate_id": 2}
+
+
+def test_empty_files_are_counted(tmp_path):
+    for name, raw in (("e.jsonl", b""), ("blank.jsonl", b"\n\n  \n")):
+        docs, unreadable, _ = read_all(_jsonl(tmp_path, name, raw))
+        assert docs == [] and unreadable == {"empty_file": 1}, name
+    gz = tmp_path / "e.jsonl.gz"
+    with gzip.open(gz, "wb"):
+        pass
+    docs, unreadable, _ = read_all(file_units(FileSource(type="jsonl", path=str(gz))))
+    assert docs == [] and unreadable == {"empty_file": 1}
+
+
+def test_plain_file_named_gz_is_not_reported_as_truncated(tmp_path):
+    raw = json.dumps({"text": UDHR["en"], "id": "x"}).encode() + b"\n"
+    docs, unreadable, _ = read_all(_jsonl(tmp_path, "plain.jsonl.gz", raw))
+    assert docs == [] and unreadable == {"not_gzip": 1}
+
+
+# Property-based fuzz: any bytes, and any JSON records with hostile strings, either become
+# Documents that the downstream steps can handle or are counted by reason; nothing raises.
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_hostile_text = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=()),
+                        max_size=40)
+_value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _hostile_text,
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_hostile_text, inner, max_size=3),
+                      max_leaves=6)
+_record = st.dictionaries(st.sampled_from(["text", "id", "metadata", "url", "lang"]) | _hostile_text, _value,
+                          max_size=5)
+_doc_record = st.fixed_dictionaries({"text": _hostile_text.map(lambda t: "word " + t)}, optional={
+    "id": _hostile_text | st.integers(0, 3), "metadata": _value, "lang": _hostile_text})
+FUZZ = {"runs": 0, "lines": 0, "documents": 0, "unreadable": 0}
+
+
+def _check_reader_output(docs, unreadable, n_lines):
+    import orjson
+
+    for d in docs:
+        d.text.encode("utf-8")
+        orjson.dumps({"text": d.text, "id": d.id, "metadata": d.metadata})
+    assert len(docs) + sum(unreadable.values()) >= min(n_lines, 1)  # nothing vanishes uncounted
+    FUZZ["runs"] += 1
+    FUZZ["lines"] += n_lines
+    FUZZ["documents"] += len(docs)
+    FUZZ["unreadable"] += sum(unreadable.values())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(_doc_record | _doc_record | _record | _value, min_size=0, max_size=6),
+       surrogate_escapes=st.booleans())
+def test_fuzz_json_records(tmp_path_factory, records, surrogate_escapes):
+    # ensure_ascii=True writes lone surrogates as \udxxx escapes: the form that broke curate
+    lines = [json.dumps(r, ensure_ascii=surrogate_escapes) for r in records]
+    path = tmp_path_factory.mktemp("fz") / "f.jsonl"
+    path.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass"))
+    docs, unreadable, _ = read_all(file_units(FileSource(type="jsonl", path=str(path))))
+    _check_reader_output(docs, unreadable, len(lines))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=300), name=st.sampled_from(["f.jsonl", "f.jsonl.gz"]), gz=st.booleans())
+def test_fuzz_raw_bytes(tmp_path_factory, raw, name, gz):
+    path = tmp_path_factory.mktemp("fz") / name
+    data = gzip.compress(raw) if gz else raw
+    path.write_bytes(data[: len(data) // 2] if gz and len(raw) % 3 == 0 else data)  # some truncated
+    docs, unreadable, _ = read_all(file_units(FileSource(type="jsonl", path=str(path))))
+    n_lines = len([x for x in raw.split(b"\n") if x.strip()]) if raw.strip() else 0
+    _check_reader_output(docs, unreadable, n_lines)
+
+
+def test_zz_fuzz_counts():
+    print(f"\nreader fuzz: {FUZZ}")

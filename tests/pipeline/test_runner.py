@@ -148,6 +148,58 @@ def test_only_requires_cached_upstream(tmp_path):
         select(dagmod.Dag(STAGES, cfg), Storage(cfg.globals.output_root), only=["c"])
 
 
+def _mark_cached(dag, storage, *names):
+    for n in names:
+        storage.write_text("", n, dag[n].fingerprint, dagmod.SUCCESS)
+
+
+def test_only_selects_cached_upstream_for_reuse_without_ray(tmp_path):
+    """The selection half of item 8, no Ray needed: --only c with b cached reuses b."""
+    from pipeline.storage import Storage
+
+    cfg = make_config(tmp_path)
+    dag, storage = dagmod.Dag(STAGES, cfg), Storage(cfg.globals.output_root)
+    _mark_cached(dag, storage, "a", "b")
+    sel = select(dag, storage, only=["c"])
+    assert (sel.run, sel.reuse) == (["c"], ["b"])
+    sel = select(dag, storage, from_="b")
+    assert sorted(sel.run) == ["b", "c", "x"] and sel.reuse == ["a"]
+    with pytest.raises(DagError, match=r"needs the output of 'a'"):
+        select(dagmod.Dag(STAGES, make_config(tmp_path / "other")), Storage(str(tmp_path / "other" / "out")),
+               only=["b"])
+
+
+def test_only_a_stage_with_cached_upstream_runs_it(tmp_path, mlflow_server, ray_local):
+    """Issue 21 item 8: ``--only c`` after a full run used to select c, run nothing and exit 0."""
+    run(tmp_path, mlflow_server)
+    cfg = make_config(tmp_path)
+    runner = Runner(cfg, STAGES, mlflow_server)
+    sel = select(runner.dag, runner.storage, only=["c"])
+    assert sel.run == ["c"] and sel.reuse == ["b"]
+    before = calls(tmp_path).count("c")
+    results = runner.run(sel)
+    assert statuses(results) == {"b": "cached", "c": "ran"}
+    assert calls(tmp_path).count("c") == before + 1, "c must really execute"
+    assert next(r for r in results if r.name == "c").summary == {"value": 3}
+
+
+def test_only_and_from_against_missing_upstream(tmp_path, mlflow_server, ray_local):
+    cfg = make_config(tmp_path)
+    runner = Runner(cfg, STAGES, mlflow_server)
+    with pytest.raises(DagError, match=r"needs the output of 'a'"):
+        select(runner.dag, runner.storage, only=["b"])
+    # --from b with nothing cached: a is not selected by --from but is missing, so it runs too
+    sel = select(runner.dag, runner.storage, from_="b")
+    assert sel.run == [n for n in runner.dag.order if n in ("a", "b", "c", "x")] and sel.reuse == []
+    # an independent stage alone needs nothing
+    results = runner.run(select(runner.dag, runner.storage, only=["x"]))
+    assert statuses(results) == {"x": "ran"}
+    # cached a, then --only b: a is reused, b runs, c is untouched
+    runner.run(select(runner.dag, runner.storage, only=["a"]))
+    results = runner.run(select(runner.dag, runner.storage, only=["b"]))
+    assert statuses(results) == {"a": "cached", "b": "ran"}
+
+
 def test_from_reruns_stage_and_descendants(tmp_path, mlflow_server, ray_local):
     run(tmp_path, mlflow_server)
     cfg = make_config(tmp_path)

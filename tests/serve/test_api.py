@@ -161,6 +161,8 @@ ERRORS = [
         {"type": "image_url", "image_url": {"url": "http://x"}}]}]}), 400, "invalid_value"),
     ("payload too large", dict(json={"model": MODEL, "messages": [{"role": "user", "content": "x" * 100_000}]}),
      413, "payload_too_large"),
+    ("30,000-deep JSON", dict(content=b"[" * 30_000 + b"]" * 30_000, headers={"content-type": "application/json"}),
+     400, "invalid_json"),
 ]
 
 
@@ -182,6 +184,14 @@ def test_auth_and_routing_errors(base_url, http):
     assert http.get("/v1/nothing").status_code == 404 and http.get("/v1/nothing").json()["error"]["code"] == "not_found"
     assert http.get("/v1/completions").status_code == 405
     assert http.get("/health").status_code == 200          # still up after all the bad input
+
+
+def test_more_prompts_than_the_server_can_hold_is_400_not_503(http):
+    """2 slots + 2 queued: 5 prompts can never be admitted, so retrying (503) would never help."""
+    r = http.post("/v1/completions", json={"model": MODEL, "prompt": ["hi"] * 5, "max_tokens": 1})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_prompts", r.text
+    r = http.post("/v1/completions", json={"model": MODEL, "prompt": ["hi"] * 2, "n": 2, "max_tokens": 1})
+    assert r.status_code == 200, r.text
 
 
 def test_overload_is_503_and_the_server_recovers(base_url, http):

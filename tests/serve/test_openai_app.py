@@ -84,3 +84,39 @@ def test_failing_engine_steps_fail_their_requests_and_turn_health_red(chat_model
     assert health.status_code == 503 and health.json()["error"]["code"] == "unhealthy"
     assert refused.status_code == 503
     assert server.engine.engine.stats.failed_requests == 3 and server.engine.engine.num_free_slots == 2
+
+
+def test_malformed_requests_are_4xx_never_5xx(chat_model_dir):
+    """Issue 21 item 6: a 100,000-deep JSON body was a 500 (RecursionError); a completions request
+    with more prompts than the server can ever hold was a retryable 503."""
+    server = local_server(chat_model_dir)
+    deep = 100_000
+    nested = b"[" * deep + b"]" * deep
+    cases = [
+        ("/v1/completions", dict(content=nested), "invalid_json"),
+        ("/v1/chat/completions", dict(content=b'{"model": "m", "messages": ' + nested + b"}"), "invalid_json"),
+        ("/v1/chat/completions", dict(content=b'{"a":' * deep + b"1" + b"}" * deep), "invalid_json"),
+        # deep, but inside the parser's reach: the schema refuses it
+        ("/v1/chat/completions", dict(json={"model": "m", "messages": [{"role": "user", "content": json.loads(
+            "[" * 500 + "]" * 500)}]}), None),
+        ("/v1/completions", dict(json={"model": "m", "prompt": ["hi"] * 70, "max_tokens": 1}), "too_many_prompts"),
+        ("/v1/completions", dict(json={"model": "m", "prompt": ["hi"] * 40, "n": 2, "max_tokens": 1}),
+         "too_many_prompts"),
+    ]
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app), base_url="http://t") as c:
+            out = [await c.post(route, headers={"content-type": "application/json"}, **kw) for route, kw, _ in cases]
+            ok = await c.post("/v1/completions", json={"model": "m", "prompt": ["hi"] * 3, "max_tokens": 1})
+        await server.engine.shutdown()
+        return out, ok
+
+    responses, ok = asyncio.run(scenario())
+    statuses = [r.status_code for r in responses]
+    assert all(400 <= s < 500 for s in statuses), [(s, r.text[:200]) for s, r in zip(statuses, responses, strict=True)]
+    for (_, _, code), r in zip(cases, responses, strict=True):
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"}
+        if code:
+            assert err["code"] == code, err
+    assert ok.status_code == 200  # a request within capacity still works afterwards
