@@ -70,7 +70,10 @@ class GenerationMixin:
         starts = cache.check_room(list(slots), n_new, mtp=mtp)
         device = cache.device
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(n_new, device=device)
-        step = CacheStep(cache, torch.tensor(list(slots), device=device), positions, max(starts) + n_new)
+        slots = list(slots)
+        consecutive = slots == list(range(slots[0], slots[0] + len(slots)))
+        step = CacheStep(cache, torch.tensor(slots, device=device), positions, max(starts) + n_new,
+                         (slots[0], slots[0] + len(slots)) if consecutive else None)
         return AttentionContext.for_cache_step(self.rotary, step, mla_mode)
 
     @torch.no_grad()

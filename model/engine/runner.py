@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from model.engine.experts import GroupedExperts, grouped_experts
 from model.engine.request import Request, Status
 from model.engine.scheduler import StepPlan
 from model.kv_cache import LatentKVCache
@@ -33,9 +34,14 @@ class ModelRunner:
         self.cache = cache
         self.mla_mode = mla_mode
         self.device = cache.device
+        self.experts = GroupedExperts()
 
     @torch.no_grad()
     def execute(self, plan: StepPlan) -> None:
+        with grouped_experts(self.model, self.experts):
+            self._execute(plan)
+
+    def _execute(self, plan: StepPlan) -> None:
         for r, n in plan.prefill:
             self._prefill_chunk(r, n)
         plain = [r for r in plan.decode if not r.speculative]
