@@ -90,9 +90,10 @@ class GenerationMixin:
 
     @torch.no_grad()
     def mtp_draft(self: "DeepSeekV3", cache: LatentKVCache, slots: Sequence[int], hidden: torch.Tensor,
-                  next_tokens: torch.Tensor, *, mla_mode: MLAMode = "auto") -> torch.Tensor:
+                  next_tokens: torch.Tensor, *, mla_mode: MLAMode = "auto", last_only: bool = False) -> torch.Tensor:
         """Run the first MTP module on (hidden [B, T, D] at positions p.., tokens [B, T] at p+1..)
-        where p is each slot's MTP length; returns draft logits [B, T, V] for positions p+2..."""
+        where p is each slot's MTP length; returns draft logits [B, T, V] for positions p+2..
+        ([B, 1, V], the last only, with ``last_only``)."""
         if not len(self.mtp) or not cache.has_mtp:
             raise ValueError("mtp_draft needs a model with MTP layers and a cache made with with_mtp=True")
         T = next_tokens.shape[1]
@@ -105,7 +106,7 @@ class GenerationMixin:
         h, _ = layer(hidden, self.embed_tokens(next_tokens.to(cache.device)), ctx)
         for s in slots:
             cache.mtp_lengths[s] += T
-        return self.lm_head(layer.shared_head.norm(h))
+        return self.lm_head(layer.shared_head.norm(h[:, -1:] if last_only else h))
 
     @torch.no_grad()
     def generate(self: "DeepSeekV3", prompts: Sequence[Sequence[int]] | torch.Tensor, *,

@@ -98,18 +98,16 @@ class ModelRunner:
             if not r.emit(token):
                 r.next_token = token
                 if r.speculative:
-                    r.mtp_pending = [(r.last_hidden, token)]
+                    r.mtp_pending.append((r.last_hidden, token))
 
     def _feed_mtp_prompt(self, r: Request, chunk: list[int], hidden: torch.Tensor) -> None:
-        """The MTP module sees (h_p, t_{p+1}) for the prompt as it is prefilled; the chunk's last
-        hidden state waits for the token after it (next chunk, or the first sampled token)."""
+        """The MTP module's input pairs (h_p, t_{p+1}) for the prompt, queued as it is prefilled;
+        they are fed at the first draft, so a request that never speculates (auto-off) never pays
+        for them. The chunk's last hidden state waits for the token after it."""
         pairs_h = ([r.last_hidden] if r.last_hidden is not None else []) + list(hidden[:-1])
         pairs_t = chunk if r.last_hidden is not None else chunk[1:]
-        r.last_hidden = hidden[-1].clone()
-        if pairs_t:
-            self.model.mtp_draft(self.cache, [r.slot], torch.stack(pairs_h)[None], self._tensor([pairs_t]),
-                                 mla_mode=self.mla_mode)
-            r.mtp_last_fed = (pairs_h[-1].clone(), pairs_t[-1])
+        r.last_hidden = hidden[-1]
+        r.mtp_pending.extend(zip(pairs_h, pairs_t, strict=True))
 
     # -- plain decode -------------------------------------------------------------------------
     def _decode(self, rows: list[Request]) -> None:
@@ -161,7 +159,7 @@ class ModelRunner:
             hidden = torch.stack([torch.stack([h for h, _ in r.mtp_pending]) for r in group])
             tokens = self._tensor([[t for _, t in r.mtp_pending] for r in group])
             logits = self.model.mtp_draft(self.cache, [r.slot for r in group], hidden, tokens,
-                                          mla_mode=self.mla_mode)
+                                          mla_mode=self.mla_mode, last_only=True)
             for r, d in zip(group, self._valid(logits[:, -1]).float().argmax(dim=-1).tolist(), strict=True):
                 drafts[r.id] = d
                 r.mtp_last_fed = r.mtp_pending[-1]
