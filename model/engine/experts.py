@@ -3,9 +3,9 @@ experts do): one ``grouped_mm`` for every expert's [gate; up] projection, one fo
 three ``nn.Linear`` calls per expert hit. Same contract and the same combine as
 :class:`model.dispatch.LocalSortedDispatcher` (gated outputs summed in FP32).
 
-The stacked weights are copies, rebuilt whenever an expert weight changes (``Tensor._version``,
-data pointer), so an engine built on a model that is still training never decodes with stale
-experts. :func:`grouped_experts` installs the dispatcher for the duration of an engine step only:
+The stacked weights are copies, rebuilt whenever an expert weight changes in place
+(``Tensor._version``), so an engine built on a model that is still training never decodes with
+stale experts. :func:`grouped_experts` installs the dispatcher for the duration of an engine step only:
 training and expert-parallel dispatchers are never replaced.
 """
 
@@ -23,7 +23,7 @@ HAVE_GROUPED_MM = hasattr(F, "grouped_mm")
 
 class GroupedExperts:
     def __init__(self):
-        self._stacked: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
+        self._stacked: dict[int, tuple] = {}   # id(experts) -> (params, their versions, gate_up, down)
         self._moe_layers: dict[int, list] = {}
 
     def moe_layers(self, model) -> list:
@@ -33,16 +33,18 @@ class GroupedExperts:
         return self._moe_layers[id(model)]
 
     def _weights(self, experts, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+        hit = self._stacked.get(id(experts))
+        if hit is not None:
+            params, versions, gate_up, down = hit
+            if versions == tuple(p._version for p in params):
+                return gate_up, down
         mods = [experts[str(e)] for e in range(n_experts)]
         params = [p for m in mods for p in (m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight)]
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        hit = self._stacked.get(id(experts))
-        if hit is None or hit[0] != key:
-            # [E, D, 2I] and [E, I, D]: grouped_mm multiplies x [N, D] by each group's [D, K]
-            gate_up = torch.stack([torch.cat([m.gate_proj.weight, m.up_proj.weight]).t() for m in mods]).contiguous()
-            down = torch.stack([m.down_proj.weight.t() for m in mods]).contiguous()
-            hit = self._stacked[id(experts)] = (key, gate_up, down)
-        return hit[1], hit[2]
+        # [E, D, 2I] and [E, I, D]: grouped_mm multiplies x [N, D] by each group's [D, K]
+        gate_up = torch.stack([torch.cat([m.gate_proj.weight, m.up_proj.weight]).t() for m in mods]).contiguous()
+        down = torch.stack([m.down_proj.weight.t() for m in mods]).contiguous()
+        self._stacked[id(experts)] = (params, tuple(p._version for p in params), gate_up, down)
+        return gate_up, down
 
     def __call__(self, x, expert_ids, gates, experts, n_experts):
         N, K = expert_ids.shape
