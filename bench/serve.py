@@ -306,14 +306,13 @@ def main() -> None:
                                   "timing": "process CPU time (wall time beside it)",
                                   "load_average_start": os.getloadavg()}}
         t0 = time.perf_counter()
-        if "vs_transformers" in sections:
-            result["vs_transformers"] = vs_transformers(model, hf, args)
-        if "mtp" in sections:
-            result["mtp"] = mtp_section(mtp_model, args)
-        if "mixed" in sections:
-            result["mixed"] = mixed_section(model, hf, args)
-        if "kv_cache" in sections:
-            result["kv_cache"] = kv_cache_section(model)
+        for name, run in (("vs_transformers", lambda: vs_transformers(model, hf, args)),
+                          ("mtp", lambda: mtp_section(mtp_model, args)),
+                          ("mixed", lambda: mixed_section(model, hf, args)),
+                          ("kv_cache", lambda: kv_cache_section(model))):
+            if name in sections:
+                result[name] = run()
+                print(json.dumps({name: result[name]}), file=sys.stderr, flush=True)   # progress
         result["setup"]["load_average_end"] = os.getloadavg()
         result["setup"]["bench_wall_s"] = round(time.perf_counter() - t0)
     print(json.dumps(result, indent=2))
