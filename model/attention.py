@@ -38,20 +38,22 @@ MLAMode = Literal["auto", "expanded", "absorbed"]
 @dataclass
 class CacheStep:
     """Where this step's tokens go in a :class:`LatentKVCache`: rows ``slots`` [B], positions
-    [B, T]; attention then reads the first ``kv_len`` cached positions of each row."""
+    [B, T]; attention then reads the first ``kv_len`` cached positions of each row.
+    ``slot_range`` (first, end) when the slots are consecutive: the read is then a view, no copy."""
 
     cache: "LatentKVCache"
     slots: torch.Tensor
     positions: torch.Tensor
     kv_len: int
+    slot_range: tuple[int, int] | None = None
 
-    def write_and_read(self, layer_idx: int, latent: torch.Tensor, k_rope: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        lat_pool, rope_pool = self.cache.latents[layer_idx], self.cache.rope_keys[layer_idx]
-        rows = self.slots[:, None]
-        lat_pool[rows, self.positions] = latent.to(lat_pool.dtype)
-        rope_pool[rows, self.positions] = k_rope.to(rope_pool.dtype)
-        return lat_pool[self.slots, :self.kv_len], rope_pool[self.slots, :self.kv_len]
+    def write_and_read(self, layer_idx: int, latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
+        """Store [c_KV ; k_R] of the new tokens; returns the cached [B, kv_len, C + R] of the rows."""
+        pool = self.cache.pools[layer_idx]
+        pool[self.slots[:, None], self.positions] = torch.cat([latent, k_rope], dim=-1).to(pool.dtype)
+        if self.slot_range is not None:
+            return pool[self.slot_range[0]:self.slot_range[1], :self.kv_len]
+        return pool[self.slots, :self.kv_len]
 
 
 @dataclass
@@ -160,9 +162,14 @@ class MultiHeadLatentAttention(nn.Module):
         q_nope, q_rope = self.queries(x, ctx)
         latent, k_rope = self.latents(x, ctx)
         if ctx.cache_step is not None:
-            latent, k_rope = ctx.cache_step.write_and_read(self.layer_idx, latent, k_rope)
+            kv = ctx.cache_step.write_and_read(self.layer_idx, latent, k_rope)
+            latent, k_rope = kv[..., :self.kv_rank], kv[..., self.kv_rank:]
+        else:
+            kv = None
         if self._use_absorbed(ctx.mla_mode, q_nope.shape[1]):
-            out = self.attend_absorbed(q_nope, q_rope, latent, k_rope, ctx.mask)
+            if kv is None:
+                kv = torch.cat([latent, k_rope], dim=-1)
+            out = self._attend_absorbed_kv(q_nope, q_rope, kv, ctx.mask)
         else:
             out = self.attend_expanded(q_nope, q_rope, latent, k_rope, ctx.mask)
         return self.o_proj(out.flatten(2))
@@ -191,13 +198,25 @@ class MultiHeadLatentAttention(nn.Module):
 
     def attend_absorbed(self, q_nope, q_rope, latent, k_rope, mask):
         """scores = (q_C·W_UK)·c_KV + q_R·k_R; out = W_UV·(attn·c_KV). -> [B, T, H, v]"""
+        return self._attend_absorbed_kv(q_nope, q_rope, torch.cat([latent, k_rope], dim=-1), mask)
+
+    def _attend_absorbed_kv(self, q_nope, q_rope, kv, mask):
+        """Absorbed attention against the cached [c_KV ; k_R] rows ``kv`` [B, S, C + R]: the query
+        [q_C·W_UK ; q_R] of all H heads scores against both halves in one batched matmul (the
+        single latent "head" is shared, never expanded per head), values = c_KV; then W_UV.
+        -> [B, T, H, v]"""
         w_uk, w_uv = self.absorbed_weights()
-        q_latent = torch.einsum("bthd,hdc->bthc", q_nope, w_uk)
-        scores = (torch.einsum("bthc,bsc->bhts", q_latent, latent)
-                  + torch.einsum("bthr,bsr->bhts", q_rope, k_rope)).float() * self.softmax_scale
+        B, T, H, _ = q_nope.shape
+        S = kv.shape[1]
+        # per head: [B·T, nope] @ W_UK[h] (a bmm over heads; a broadcast matmul would copy W_UK B times)
+        q_latent = torch.bmm(q_nope.permute(2, 0, 1, 3).reshape(H, B * T, -1), w_uk)   # [H, B·T, C]
+        q_latent = q_latent.view(H, B, T, -1).transpose(0, 1)                            # [B, H, T, C]
+        q = torch.cat([q_latent, q_rope.transpose(1, 2).to(q_latent.dtype)], dim=-1).reshape(B, H * T, -1)
+        scores = torch.bmm(q, kv.transpose(1, 2)).view(B, H, T, S).float() * self.softmax_scale
         if mask is None:
-            T, S = scores.shape[-2:]
             mask = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril(S - T)
-        probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1).to(latent.dtype)
-        out_latent = torch.einsum("bhts,bsc->bthc", probs, latent)
-        return torch.einsum("bthc,hvc->bthv", out_latent, w_uv)
+        probs = scores.masked_fill_(~mask, float("-inf")).softmax(dim=-1).to(kv.dtype)
+        out_latent = torch.bmm(probs.view(B, H * T, S), kv[..., :self.kv_rank])         # [B, H·T, C]
+        out_latent = out_latent.view(B, H, T, -1).transpose(0, 1).reshape(H, B * T, -1)  # [H, B·T, C]
+        out = torch.bmm(out_latent, w_uv.transpose(1, 2))                                # [H, B·T, v]
+        return out.view(H, B, T, -1).permute(1, 2, 0, 3)                                 # [B, T, H, v]

@@ -13,20 +13,19 @@ Step API (all under ``torch.no_grad``, model in eval mode)::
 ``step`` returns logits and the final normalised hidden states of the new tokens. With an MTP
 module, ``mtp_draft(cache, slots, hidden, next_tokens)`` drafts token t+2 from the hidden state
 at t and token t+1 (self-speculative decoding, V3 §5.4.3); its cache positions trail the main
-model's by one and are filled as the caller feeds it (``generate(use_mtp=True)`` shows how).
+model's by one and are filled as the caller feeds it (``model.engine.runner`` shows how).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from model.attention import AttentionContext, CacheStep, MLAMode
 from model.kv_cache import LatentKVCache
-from model.sampling import SamplingParams, sample_tokens
 
 if TYPE_CHECKING:
     from model.transformer import DeepSeekV3
@@ -41,16 +40,13 @@ class StepOutput:
 @dataclass
 class Generation:
     """One prompt's result. ``tokens`` are the new tokens, without the stop token that ended
-    them (``stop_token``). ``logits`` [n, V] are the distributions each token was drawn from
-    (with ``return_logits``)."""
+    them (``stop_token``)."""
 
     tokens: list[int]
     finish_reason: str                 # "stop" | "length"
     stop_token: int | None = None
-    logits: torch.Tensor | None = None
     drafted: int = 0                   # MTP drafts proposed / accepted (use_mtp)
     accepted: int = 0
-    _logits: list[torch.Tensor] = field(default_factory=list, repr=False)
 
 
 class GenerationMixin:
@@ -70,7 +66,10 @@ class GenerationMixin:
         starts = cache.check_room(list(slots), n_new, mtp=mtp)
         device = cache.device
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(n_new, device=device)
-        step = CacheStep(cache, torch.tensor(list(slots), device=device), positions, max(starts) + n_new)
+        slots = list(slots)
+        consecutive = slots == list(range(slots[0], slots[0] + len(slots)))
+        step = CacheStep(cache, torch.tensor(slots, device=device), positions, max(starts) + n_new,
+                         (slots[0], slots[0] + len(slots)) if consecutive else None)
         return AttentionContext.for_cache_step(self.rotary, step, mla_mode)
 
     @torch.no_grad()
@@ -91,9 +90,10 @@ class GenerationMixin:
 
     @torch.no_grad()
     def mtp_draft(self: "DeepSeekV3", cache: LatentKVCache, slots: Sequence[int], hidden: torch.Tensor,
-                  next_tokens: torch.Tensor, *, mla_mode: MLAMode = "auto") -> torch.Tensor:
+                  next_tokens: torch.Tensor, *, mla_mode: MLAMode = "auto", last_only: bool = False) -> torch.Tensor:
         """Run the first MTP module on (hidden [B, T, D] at positions p.., tokens [B, T] at p+1..)
-        where p is each slot's MTP length; returns draft logits [B, T, V] for positions p+2..."""
+        where p is each slot's MTP length; returns draft logits [B, T, V] for positions p+2..
+        ([B, 1, V], the last only, with ``last_only``)."""
         if not len(self.mtp) or not cache.has_mtp:
             raise ValueError("mtp_draft needs a model with MTP layers and a cache made with with_mtp=True")
         T = next_tokens.shape[1]
@@ -106,45 +106,50 @@ class GenerationMixin:
         h, _ = layer(hidden, self.embed_tokens(next_tokens.to(cache.device)), ctx)
         for s in slots:
             cache.mtp_lengths[s] += T
-        return self.lm_head(layer.shared_head.norm(h))
+        return self.lm_head(layer.shared_head.norm(h[:, -1:] if last_only else h))
 
     @torch.no_grad()
     def generate(self: "DeepSeekV3", prompts: Sequence[Sequence[int]] | torch.Tensor, *,
                  max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                  seed: int | Sequence[int] | None = None, stop_token_ids: Sequence[int] | None = None,
-                 use_mtp: bool = False, return_logits: bool = False,
-                 cache_dtype: torch.dtype | None = None) -> list[Generation]:
-        """Generate for prompts of any lengths (no padding: one cache slot each).
+                 use_mtp: bool = False, cache_dtype: torch.dtype | None = None,
+                 vocab_size: int | None = None, max_batch: int = 64) -> list[Generation]:
+        """Generate for prompts of any lengths: a thin wrapper over :class:`model.engine.Engine`
+        (the one decode loop), kept for callers that predate it.
 
         Greedy when temperature is 0; else temperature / top-k / top-p sampling. ``seed``: one int
         (row b uses seed + b) or one per prompt. ``stop_token_ids`` default to the config's EOS;
         pass ``[]`` to run to ``max_new_tokens``. ``use_mtp``: greedy self-speculative decoding
-        with the MTP module (same tokens as plain greedy, fewer sequential steps).
+        with the MTP module (same tokens as plain greedy). ``vocab_size``: never sample ids at or
+        past it. At most ``max_batch`` prompts decode at once (continuous batching).
         """
+        from model.engine import Engine, EngineConfig, GenerationParams
+
         prompts = [torch.as_tensor(p, dtype=torch.long).flatten().tolist() for p in prompts]
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        seeds = _row_seeds(seed, len(prompts))
-        params = [SamplingParams(temperature, top_p, top_k, s) for s in seeds]
         if use_mtp and (temperature != 0 or not len(self.mtp)):
             raise ValueError("use_mtp needs greedy decoding (temperature=0) and a model with MTP layers")
-        stops = set(self.config.eos_token_ids if stop_token_ids is None else stop_token_ids)
-        max_len = max(map(len, prompts)) + max_new_tokens + (1 if use_mtp else 0)
-
+        seeds = _row_seeds(seed, len(prompts))
+        slots = min(len(prompts), max_batch)
+        config = EngineConfig(
+            num_slots=slots, max_seq_len=max(map(len, prompts)) + max_new_tokens, max_prefill_chunk=512,
+            max_num_batched_tokens=2 * slots + 512, max_waiting=len(prompts), use_mtp=use_mtp,
+            kv_cache_dtype=_DTYPE_NAMES[cache_dtype], mtp_max_batch=slots)
         was_training = self.training
-        self.eval()
         try:
-            cache = self.new_kv_cache(len(prompts), max_len, dtype=cache_dtype, with_mtp=use_mtp)
-            run = _mtp_decode if use_mtp else _plain_decode
-            results = run(self, cache, prompts, params, stops, max_new_tokens, return_logits)
+            engine = Engine(self, config, vocab_size=vocab_size,
+                            eos_token_ids=self.config.eos_token_ids if stop_token_ids is None else stop_token_ids)
+            done = engine.generate(prompts, [GenerationParams(max_new_tokens, temperature, top_p, top_k, s)
+                                             for s in seeds])
         finally:
             self.train(was_training)
-        for r in results:
-            r.logits = torch.stack(r._logits) if return_logits and r._logits else None
-            r._logits = []
-        return results
+        return [Generation(c.token_ids, c.finish_reason, c.stop_token_id, c.drafted, c.accepted) for c in done]
+
+
+_DTYPE_NAMES = {None: "auto", torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def _row_seeds(seed: int | Sequence[int] | None, n: int) -> list[int | None]:
@@ -155,103 +160,3 @@ def _row_seeds(seed: int | Sequence[int] | None, n: int) -> list[int | None]:
     if len(seed) != n:
         raise ValueError(f"got {len(seed)} seeds for {n} prompts")
     return list(seed)
-
-
-def _emit(result: Generation, token: int, logits: torch.Tensor, stops: set[int], max_new: int,
-          keep_logits: bool) -> bool:
-    """Record one sampled token; True when the row is finished."""
-    if keep_logits:
-        result._logits.append(logits.float().cpu())
-    if token in stops:
-        result.finish_reason, result.stop_token = "stop", token
-        return True
-    result.tokens.append(token)
-    if len(result.tokens) >= max_new:
-        result.finish_reason = "length"
-        return True
-    return False
-
-
-def _plain_decode(model, cache, prompts, params, stops, max_new, keep_logits) -> list[Generation]:
-    results = [Generation([], "length") for _ in prompts]
-    generators = [p.generator(cache.device) for p in params]
-    slots = [cache.allocate() for _ in prompts]
-    next_logits = torch.cat([
-        model.step(cache, [slot], torch.tensor([p]), last_only=True).logits[:, -1]
-        for slot, p in zip(slots, prompts, strict=True)])
-    active = list(range(len(prompts)))
-    while active:
-        tokens = sample_tokens(next_logits, [params[b] for b in active], [generators[b] for b in active])
-        still, feed = [], []
-        for i, b in enumerate(active):
-            if _emit(results[b], int(tokens[i]), next_logits[i], stops, max_new, keep_logits):
-                cache.free(slots[b])
-            else:
-                still.append(b)
-                feed.append(int(tokens[i]))
-        if not still:
-            break
-        out = model.step(cache, [slots[b] for b in still], torch.tensor(feed)[:, None])
-        next_logits, active = out.logits[:, -1], still
-    return results
-
-
-def _mtp_decode(model, cache, prompts, params, stops, max_new, keep_logits) -> list[Generation]:
-    """Greedy self-speculative decoding, one MTP draft per step, verified by the main model.
-
-    Per row: emit x = argmax(next_logits); draft d from the MTP module; run the main model on
-    [x, d]; if its choice after x equals d, d is accepted and the logits after d are next,
-    else the cache forgets d. The MTP cache is fed (hidden_p, token_{p+1}) pairs as they become
-    final ("pending")."""
-    B = len(prompts)
-    results = [Generation([], "length") for _ in prompts]
-    slots = [cache.allocate() for _ in prompts]
-    next_logits, last_hidden, pending = [], [], [[] for _ in prompts]
-    for slot, p in zip(slots, prompts, strict=True):
-        out = model.step(cache, [slot], torch.tensor([p]))
-        if len(p) > 1:  # MTP pairs (h_i, t_{i+1}) for the prompt
-            model.mtp_draft(cache, [slot], out.hidden[:, :-1], torch.tensor([p[1:]]))
-        next_logits.append(out.logits[0, -1])
-        last_hidden.append(out.hidden[0, -1])
-    active = list(range(B))
-    while active:
-        # 1. emit the main model's token
-        drafting = []
-        for b in active:
-            x = int(next_logits[b].argmax())
-            if _emit(results[b], x, next_logits[b], stops, max_new, keep_logits):
-                cache.free(slots[b])
-                continue
-            pending[b].append((last_hidden[b], x))
-            drafting.append(b)
-        if not drafting:
-            break
-        # 2. draft with MTP (rows grouped by how many pairs they must feed it)
-        drafts = {}
-        for n in sorted({len(pending[b]) for b in drafting}):
-            rows = [b for b in drafting if len(pending[b]) == n]
-            hidden = torch.stack([torch.stack([h for h, _ in pending[b]]) for b in rows])
-            toks = torch.tensor([[t for _, t in pending[b]] for b in rows])
-            logits = model.mtp_draft(cache, [slots[b] for b in rows], hidden, toks)
-            for i, b in enumerate(rows):
-                drafts[b] = int(logits[i, -1].argmax())
-                pending[b] = []
-        # 3. verify [x, d] in one main-model step
-        feed = torch.tensor([[results[b].tokens[-1], drafts[b]] for b in drafting])
-        out = model.step(cache, [slots[b] for b in drafting], feed)
-        active = []
-        for i, b in enumerate(drafting):
-            results[b].drafted += 1
-            x, d = feed[i].tolist()
-            if int(out.logits[i, 0].argmax()) == d:
-                results[b].accepted += 1
-                if _emit(results[b], d, out.logits[i, 0], stops, max_new, keep_logits):
-                    cache.free(slots[b])
-                    continue
-                pending[b].append((out.hidden[i, 0], d))
-                next_logits[b], last_hidden[b] = out.logits[i, 1], out.hidden[i, 1]
-            else:
-                cache.truncate(slots[b], cache.lengths[slots[b]] - 1)
-                next_logits[b], last_hidden[b] = out.logits[i, 0], out.hidden[i, 0]
-            active.append(b)
-    return results

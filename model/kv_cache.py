@@ -1,8 +1,9 @@
 """The latent KV cache: a preallocated pool of sequence slots, MLA's compressed form only.
 
-Per attention layer it holds ``latents`` [num_slots, max_seq_len, kv_lora_rank] (c_KV) and
-``rope_keys`` [num_slots, max_seq_len, qk_rope_head_dim] (k_R): 576 numbers per token and layer
-at DeepSeek-V3's shape, against 40 960 for MHA with the same heads. A serving engine allocates
+Per attention layer it holds ``pools`` [num_slots, max_seq_len, kv_lora_rank + qk_rope_head_dim]:
+c_KV (``latents``, a view of the first kv_lora_rank columns) and k_R (``rope_keys``, the rest):
+576 numbers per token and layer at DeepSeek-V3's shape, against 40 960 for MHA with the same heads.
+A serving engine allocates
 a slot per request, steps any set of slots at their own positions, and frees the slot when the
 request ends; lengths are host-side integers (scheduler state, no device sync).
 
@@ -25,11 +26,13 @@ class LatentKVCache:
             raise ValueError(f"need num_slots >= 1 and max_seq_len >= 1, got {num_slots}, {max_seq_len}")
         self.num_slots, self.max_seq_len = num_slots, max_seq_len
         n_layers = config.num_hidden_layers + (1 if with_mtp and config.num_nextn_predict_layers else 0)
-        shape = (num_slots, max_seq_len)
-        self.latents = [torch.zeros(*shape, config.kv_lora_rank, device=device, dtype=dtype)
-                        for _ in range(n_layers)]
-        self.rope_keys = [torch.zeros(*shape, config.qk_rope_head_dim, device=device, dtype=dtype)
-                          for _ in range(n_layers)]
+        C = config.kv_lora_rank
+        # one pool per layer, [c_KV ; k_R] side by side: a decode step writes and reads both in one
+        # indexing op, and the absorbed attention scores against them in one matmul
+        self.pools = [torch.zeros(num_slots, max_seq_len, C + config.qk_rope_head_dim, device=device, dtype=dtype)
+                      for _ in range(n_layers)]
+        self.latents = [p[..., :C] for p in self.pools]
+        self.rope_keys = [p[..., C:] for p in self.pools]
         self.has_mtp = n_layers > config.num_hidden_layers
         self.lengths = [0] * num_slots        # main-model tokens cached per slot
         self.mtp_lengths = [0] * num_slots    # positions the MTP layer has cached per slot
@@ -83,4 +86,4 @@ class LatentKVCache:
 
     def bytes_per_token(self) -> int:
         """Cache bytes per token, all layers together."""
-        return sum(t.shape[-1] * t.element_size() for t in self.latents + self.rope_keys)
+        return sum(t.shape[-1] * t.element_size() for t in self.pools)

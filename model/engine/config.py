@@ -9,6 +9,13 @@
     max_waiting              queued requests beyond the running batch; more are refused
                              (EngineOverloaded -> HTTP 503), so overload is visible, not a timeout
     use_mtp                  MTP self-speculative decoding for greedy requests
+    mtp_max_batch            speculate only while at most this many speculative requests decode at
+                             once: a verify step feeds 2 tokens per row, which costs ~nothing at
+                             batch 1 (overhead-bound) but ~2x once the step is compute-bound
+    mtp_min_acceptance       speculate only while the measured draft acceptance (moving average)
+                             is at least this; below it a verify step yields too few extra tokens
+    mtp_probe_interval       after turning MTP off for low acceptance, speculate again for one
+                             step every this many steps to re-measure it
     kv_cache_memory_mb       when set, caps num_slots to what this much cache memory holds
 """
 
@@ -28,6 +35,9 @@ class EngineConfig(BaseModel):
     max_prefill_chunk: int = Field(128, ge=1)
     max_waiting: int = Field(64, ge=0)
     use_mtp: bool = True
+    mtp_max_batch: int = Field(4, ge=0)
+    mtp_min_acceptance: float = Field(0.35, ge=0, le=1)
+    mtp_probe_interval: int = Field(32, ge=1)
     kv_cache_memory_mb: float | None = Field(None, gt=0)
     # "auto": the model's parameter dtype
     kv_cache_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

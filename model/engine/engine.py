@@ -64,7 +64,7 @@ class Engine:
         self.vocab_size = mcfg.vocab_size if vocab_size is None else vocab_size
         if not 0 < self.vocab_size <= mcfg.vocab_size:
             raise ValueError(f"vocab_size {self.vocab_size} must lie in (0, {mcfg.vocab_size}], the model's vocabulary")
-        self.runner = ModelRunner(model, self.cache, config.mla_mode, vocab_size=self.vocab_size)
+        self.runner = ModelRunner(model, self.cache, config.mla_mode, vocab_size=self.vocab_size, config=config)
         self.eos_token_ids = frozenset(mcfg.eos_token_ids if eos_token_ids is None else eos_token_ids)
         self.stats = EngineStats()
         self.requests: dict[str, Request] = {}
@@ -198,6 +198,9 @@ class Engine:
             st.spec_drafted += plan.spec_rows
             st.spec_accepted += plan.spec_accepted
             st.spec_tokens += plan.spec_tokens
+            if plan.spec_mode:
+                setattr(st, f"spec_steps_{plan.spec_mode}", getattr(st, f"spec_steps_{plan.spec_mode}") + 1)
+                st.spec_acceptance_ema = self.runner.acceptance_ema
         return outputs
 
     def _output(self, r: Request, error: str | None = None) -> RequestOutput:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from model.engine.config import EngineConfig
+from model.engine.experts import GroupedExperts, grouped_experts
 from model.engine.request import Request, Status
 from model.engine.scheduler import StepPlan
 from model.kv_cache import LatentKVCache
@@ -26,20 +28,35 @@ from model.sampling import sample_tokens
 
 
 class ModelRunner:
-    def __init__(self, model, cache: LatentKVCache, mla_mode: str = "auto", vocab_size: int | None = None):
+    def __init__(self, model, cache: LatentKVCache, mla_mode: str = "auto", vocab_size: int | None = None,
+                 config: EngineConfig | None = None):
         self.model = model
         # ids >= vocab_size (a padded embedding the tokenizer cannot decode) are never chosen
         self.vocab_size = vocab_size if vocab_size is not None and vocab_size < model.config.vocab_size else None
         self.cache = cache
         self.mla_mode = mla_mode
+        self.config = config or EngineConfig()
         self.device = cache.device
+        self.experts = GroupedExperts()
+        # MTP auto-off: moving average of draft acceptance (starts optimistic, so a few early
+        # rejections, e.g. the draft right after the prompt, do not switch it off at once) and
+        # steps since speculation last ran
+        self.acceptance_ema: float | None = 1.0 if self.config.use_mtp else None
+        self._steps_off = 0
 
     @torch.no_grad()
     def execute(self, plan: StepPlan) -> None:
+        with grouped_experts(self.model, self.experts):
+            self._execute(plan)
+
+    def _execute(self, plan: StepPlan) -> None:
         for r, n in plan.prefill:
             self._prefill_chunk(r, n)
-        plain = [r for r in plan.decode if not r.speculative]
         spec = [r for r in plan.decode if r.speculative]
+        plan.spec_mode = self._speculation_mode(len(spec)) if spec else ""
+        if plan.spec_mode != "on":
+            spec = []
+        plain = [r for r in plan.decode if not (r.speculative and spec)]
         if plain:
             self._decode(plain)
         if spec:
@@ -48,6 +65,23 @@ class ModelRunner:
             plan.spec_rows = len(spec)
             plan.spec_tokens = sum(r.num_generated for r in spec) - before[0]
             plan.spec_accepted = sum(r.accepted for r in spec) - before[1]
+            rate = plan.spec_accepted / plan.spec_rows
+            self.acceptance_ema = 0.8 * self.acceptance_ema + 0.2 * rate
+
+    def _speculation_mode(self, n_spec: int) -> str:
+        """"on", or why speculation is off this step: "off_batch" (more speculative rows than
+        ``mtp_max_batch``: verifying 2 tokens per row costs more than it yields) or
+        "off_acceptance" (measured acceptance below ``mtp_min_acceptance``; one probe step every
+        ``mtp_probe_interval`` steps re-measures it)."""
+        cfg = self.config
+        if n_spec > cfg.mtp_max_batch:
+            return "off_batch"
+        low = self.acceptance_ema is not None and self.acceptance_ema < cfg.mtp_min_acceptance
+        if low and self._steps_off + 1 < cfg.mtp_probe_interval:
+            self._steps_off += 1
+            return "off_acceptance"
+        self._steps_off = 0
+        return "on"
 
     # -- prefill ------------------------------------------------------------------------------
     def _prefill_chunk(self, r: Request, n: int) -> None:
@@ -64,18 +98,16 @@ class ModelRunner:
             if not r.emit(token):
                 r.next_token = token
                 if r.speculative:
-                    r.mtp_pending = [(r.last_hidden, token)]
+                    r.mtp_pending.append((r.last_hidden, token))
 
     def _feed_mtp_prompt(self, r: Request, chunk: list[int], hidden: torch.Tensor) -> None:
-        """The MTP module sees (h_p, t_{p+1}) for the prompt as it is prefilled; the chunk's last
-        hidden state waits for the token after it (next chunk, or the first sampled token)."""
+        """The MTP module's input pairs (h_p, t_{p+1}) for the prompt, queued as it is prefilled;
+        they are fed at the first draft, so a request that never speculates (auto-off) never pays
+        for them. The chunk's last hidden state waits for the token after it."""
         pairs_h = ([r.last_hidden] if r.last_hidden is not None else []) + list(hidden[:-1])
         pairs_t = chunk if r.last_hidden is not None else chunk[1:]
-        r.last_hidden = hidden[-1].clone()
-        if pairs_t:
-            self.model.mtp_draft(self.cache, [r.slot], torch.stack(pairs_h)[None], self._tensor([pairs_t]),
-                                 mla_mode=self.mla_mode)
-            r.mtp_last_fed = (pairs_h[-1].clone(), pairs_t[-1])
+        r.last_hidden = hidden[-1]
+        r.mtp_pending.extend(zip(pairs_h, pairs_t, strict=True))
 
     # -- plain decode -------------------------------------------------------------------------
     def _decode(self, rows: list[Request]) -> None:
@@ -83,8 +115,11 @@ class ModelRunner:
                               mla_mode=self.mla_mode)
         tokens = sample_tokens(self._valid(out.logits[:, -1]), [r.params.sampling for r in rows],
                                [r.generator for r in rows]).tolist()
-        for r, token in zip(rows, tokens, strict=True):
+        for i, (r, token) in enumerate(zip(rows, tokens, strict=True)):
             r.next_token = None if r.emit(token) else token
+            if r.speculative and r.next_token is not None:
+                # MTP is off this step: keep its input pairs so drafting can resume later
+                r.mtp_pending.append((out.hidden[i, -1], token))
 
     # -- speculative decode -------------------------------------------------------------------
     def _speculative_decode(self, rows: list[Request]) -> None:
@@ -124,7 +159,7 @@ class ModelRunner:
             hidden = torch.stack([torch.stack([h for h, _ in r.mtp_pending]) for r in group])
             tokens = self._tensor([[t for _, t in r.mtp_pending] for r in group])
             logits = self.model.mtp_draft(self.cache, [r.slot for r in group], hidden, tokens,
-                                          mla_mode=self.mla_mode)
+                                          mla_mode=self.mla_mode, last_only=True)
             for r, d in zip(group, self._valid(logits[:, -1]).float().argmax(dim=-1).tolist(), strict=True):
                 drafts[r.id] = d
                 r.mtp_last_fed = r.mtp_pending[-1]

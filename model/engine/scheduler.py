@@ -30,6 +30,7 @@ class StepPlan:
     spec_rows: int = 0
     spec_accepted: int = 0
     spec_tokens: int = 0
+    spec_mode: str = ""     # "on" | "off_batch" | "off_acceptance" | "" (no speculative row)
 
     @property
     def empty(self) -> bool:

@@ -18,6 +18,11 @@ class EngineStats:
     spec_drafted: int = 0
     spec_accepted: int = 0
     spec_tokens: int = 0
+    # MTP auto-off: decode steps with speculative requests, by whether speculation ran
+    spec_steps_on: int = 0
+    spec_steps_off_batch: int = 0          # more speculative rows than mtp_max_batch
+    spec_steps_off_acceptance: int = 0     # measured acceptance below mtp_min_acceptance
+    spec_acceptance_ema: float | None = None
 
     @property
     def acceptance_rate(self) -> float:

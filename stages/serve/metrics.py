@@ -12,6 +12,9 @@ agent on each node exposes them to Prometheus (names get the ``ray_`` prefix):
     ray_whale_tokens_per_second                      engine output over the last interval (gauge)
     ray_whale_spec_drafted_total / _accepted_total   MTP drafts verified / accepted
     ray_whale_spec_acceptance_rate                   accepted / drafted since start (gauge)
+    ray_whale_spec_steps_total{mode}                 decode steps with speculative requests, by whether
+                                                     MTP ran: on | off_batch | off_acceptance (auto-off)
+    ray_whale_spec_acceptance_ema                    the moving average the auto-off rule reads (gauge)
     ray_whale_running_requests / _waiting_requests / _free_kv_slots   (gauges)
 
 ``NullMetrics`` keeps the HTTP app usable without Ray (unit tests, uvicorn).
@@ -48,6 +51,9 @@ class ServeMetrics(NullMetrics):
         self.drafted = Counter("whale_spec_drafted_total", description="MTP drafts verified")
         self.accepted = Counter("whale_spec_accepted_total", description="MTP drafts accepted")
         self.acceptance = Gauge("whale_spec_acceptance_rate", description="MTP acceptance rate since start")
+        self.spec_steps = Counter("whale_spec_steps_total", description="decode steps by MTP mode (auto-off)",
+                                  tag_keys=("mode",))
+        self.acceptance_ema = Gauge("whale_spec_acceptance_ema", description="MTP acceptance, moving average")
         self.running = Gauge("whale_running_requests", description="requests in the running batch")
         self.waiting = Gauge("whale_waiting_requests", description="requests queued for a KV-cache slot")
         self.free_slots = Gauge("whale_free_kv_slots", description="free KV-cache slots")
@@ -76,6 +82,12 @@ class ServeMetrics(NullMetrics):
         dt = max(now - self._last_t, 1e-6)
         self.tokens_per_s.set((stats["generated_tokens"] - last.get("generated_tokens", 0)) / dt)
         self.acceptance.set(stats["spec_acceptance_rate"])
+        for mode in ("on", "off_batch", "off_acceptance"):
+            delta = stats.get(f"spec_steps_{mode}", 0) - last.get(f"spec_steps_{mode}", 0)
+            if delta > 0:
+                self.spec_steps.inc(delta, {"mode": mode})
+        if stats.get("spec_acceptance_ema") is not None:
+            self.acceptance_ema.set(stats["spec_acceptance_ema"])
         self.running.set(running)
         self.waiting.set(waiting)
         self.free_slots.set(free_slots)

@@ -11,14 +11,20 @@ PROMPTS = [[7, 3, 200], [1, 2, 3, 4, 5, 6, 7, 8, 9], list(range(30, 47))]
 
 
 def test_cached_decoding_equals_recomputing(micro_lm):
-    """Batched prompts of different lengths: every step's logits from the latent cache equal a
-    full forward over prompt + generated tokens, and greedy picks their argmax."""
-    gens = micro_lm.generate(PROMPTS, max_new_tokens=10, stop_token_ids=[], return_logits=True)
-    for prompt, g in zip(PROMPTS, gens, strict=True):
+    """Batched prompts of different lengths: the logits of every decode step from the latent cache
+    equal a full forward over prompt + generated tokens, and ``generate`` picks their argmax."""
+    gens = micro_lm.generate(PROMPTS, max_new_tokens=10, stop_token_ids=[])
+    cache = micro_lm.new_kv_cache(len(PROMPTS), 32)
+    slots = [cache.allocate() for _ in PROMPTS]
+    for slot, prompt, g in zip(slots, PROMPTS, gens, strict=True):
         assert len(g.tokens) == 10 and g.finish_reason == "length"
+        micro_lm.step(cache, [slot], torch.tensor([prompt]))
+    steps = [micro_lm.step(cache, slots, torch.tensor([[g.tokens[i]] for g in gens])).logits[:, 0]
+             for i in range(9)]
+    for b, (prompt, g) in enumerate(zip(PROMPTS, gens, strict=True)):
         full = micro_lm(torch.tensor([prompt + g.tokens])).logits[0]
         n = len(prompt)
-        assert torch.allclose(g.logits, full[n - 1:n + 9], atol=1e-4)
+        assert torch.allclose(torch.stack([s[b] for s in steps]), full[n:n + 9], atol=1e-4)
         assert g.tokens == full[n - 1:n + 9].argmax(-1).tolist()
 
 

@@ -199,7 +199,7 @@ def test_mtp_acceptance_gives_more_tokens_per_step_with_identical_output(countin
 
 
 def test_sampled_requests_bypass_mtp(model):
-    e = engine(model, use_mtp=True, num_slots=2, max_num_batched_tokens=16)
+    e = engine(model, use_mtp=True, num_slots=2, max_num_batched_tokens=16, mtp_min_acceptance=0.0)
     e.generate([PROMPTS[0], PROMPTS[1]], [GenerationParams(max_tokens=6, temperature=1.0, seed=1),
                                           GenerationParams(max_tokens=6)])
     assert e.stats.spec_drafted == 5          # only the greedy request drafted (after its first token)
