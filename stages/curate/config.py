@@ -217,6 +217,9 @@ class QualityConfig(StageConfig):
 
     enabled: bool = True
     keep_fraction: float = Field(0.8, gt=0, le=1, description="keep this top fraction by score")
+    # the top fraction of each language (as LID found it): a classifier trained on an English reference
+    # ranks every other language last, and one global cut removed them first
+    per_language: bool = True
     reference: list[ReferenceSource] = Field(default_factory=lambda: [ReferenceSource()], min_length=1)
     # training examples are chunks of about this many characters cut at paragraph boundaries, so
     # positives and negatives share a length distribution and length is not what the model learns

@@ -144,6 +144,7 @@ class Branch:
     lid_model: str | None = None
     results: list[PassResult] = field(default_factory=list)
     threshold: float | None = None
+    language_thresholds: dict[str, float] = field(default_factory=dict)
     n_scored: int = 0
 
     @property
@@ -332,15 +333,22 @@ class Branch:
         # 7: DCLM keeps the top fraction by classifier score, a threshold over all scores
         threshold = self.quality_threshold()
         self.run_pass("7_quality", [StagedReader(self.folder("stage3")),
-                                    self.accounted(QualityThreshold(threshold), "quality_classifier"),
+                                    self.accounted(QualityThreshold(threshold, self.language_thresholds),
+                                                   "quality_classifier"),
                                     self.writer(str(self.out), "_publish")])
 
     def quality_threshold(self) -> float:
         from stages.curate.quality import top_fraction_threshold
 
-        scores = []
+        pairs = []
         for f in sorted((self.work / "quality" / "scores").glob("*.json")):
-            scores += json.loads(f.read_text())
-        self.threshold = top_fraction_threshold(scores, self.cfg.web.quality.keep_fraction)
-        self.n_scored = len(scores)
+            pairs += json.loads(f.read_text())
+        fraction = self.cfg.web.quality.keep_fraction
+        self.threshold = top_fraction_threshold([s for s, _ in pairs], fraction)
+        self.n_scored = len(pairs)
+        if self.cfg.web.quality.per_language:
+            by_lang: dict[str, list[float]] = {}
+            for s, lang in pairs:
+                by_lang.setdefault(lang, []).append(s)
+            self.language_thresholds = {lang: top_fraction_threshold(v, fraction) for lang, v in by_lang.items()}
         return self.threshold

@@ -152,7 +152,8 @@ def _run(cfg: CurateConfig, ctx: StageContext) -> dict[str, float | int | str]:
     if quality is not None:
         quality_stats = {"heldout": quality.report, "model": quality.model_path,
                          "keep_fraction": cfg.web.quality.keep_fraction,
-                         "threshold": branches["web"].threshold, "scored": branches["web"].n_scored}
+                         "threshold": branches["web"].threshold, "scored": branches["web"].n_scored,
+                         "language_thresholds": branches["web"].language_thresholds}
         if cfg.quality_eval_path:
             from stages.curate.quality import agreement, load_labelled
 
