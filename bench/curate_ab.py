@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="curate-ab-"))
+    work.mkdir(parents=True, exist_ok=True)
     checkouts = {"A": args.a.resolve(), "B": ROOT}
     order = [x for i in range(args.repeats) for x in (("A", "B") if i % 2 == 0 else ("B", "A"))]
     runs = []

@@ -171,6 +171,7 @@ def main() -> None:
                    help="where the .debs are downloaded and unpacked")
     p.add_argument("--out", type=Path, help="WARC and stage outputs (default: a temp dir)")
     p.add_argument("--before", type=Path, help="also run this checkout (e.g. main) on the same WARC")
+    p.add_argument("--warc", type=Path, help="reuse this WARC (built by an earlier run with the same page options)")
     p.add_argument("--handbook-per-lang", type=int, default=1000, help="at most this many handbook pages per language")
     p.add_argument("--man-per-lang", type=int, default=40)
     p.add_argument("--rust-pages", type=int, default=80)
@@ -181,8 +182,9 @@ def main() -> None:
     pages = collect_pages(root, args.man_per_lang, args.rust_pages, args.handbook_per_lang)
     work = args.out or Path(tempfile.mkdtemp(prefix="curate-docs-"))
     work.mkdir(parents=True, exist_ok=True)
-    warc = work / "docs.warc.gz"
-    write_warc(pages, warc)
+    warc = args.warc or work / "docs.warc.gz"
+    if not args.warc:
+        write_warc(pages, warc)
     languages = args.languages.split(",")
     result = {"bench": "curate_docs", "warc": str(warc), "pages": len(pages), "languages": languages,
               "input": {k: v["pages"] for k, v in fractions(pages, set())["by_language_and_kind"].items()}}

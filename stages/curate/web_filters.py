@@ -186,7 +186,10 @@ class LanguageID(LanguageFilter):
         self.model = LocalFT176LID(model_path, None)  # all languages: metadata names the real one
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        (lang, score), _ = self.model.predict(doc)
+        # the language of a page is the language of its prose: commands and program output in its
+        # code blocks are English-like and pulled translated manuals' scores under the threshold
+        view = prose_view(doc)
+        (lang, score), _ = self.model.predict(view if view.text.strip() else doc)
         doc.metadata["language"] = lang
         doc.metadata["language_score"] = round(score, 4)
         if lang not in self.languages:
