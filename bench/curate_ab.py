@@ -39,12 +39,12 @@ def child(out: Path, web_mb: float | None, code_mb: float | None) -> None:
         source["max_web_bytes"] = int(web_mb * 1e6)
     if code_mb is not None:
         source["max_code_bytes"] = int(code_mb * 1e6)
-    for attempt in range(3):  # Ray gives its raylet 30 s to start: not always enough on a loaded machine
+    for attempt in range(6):  # Ray gives its raylet 30 s to start: not always enough on a loaded machine
         try:
             ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
             break
         except Exception:
-            if attempt == 2:
+            if attempt == 5:
                 raise
             ray.shutdown()
             time.sleep(5)

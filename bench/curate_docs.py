@@ -108,12 +108,12 @@ def run_stage(warc: Path, out: Path, languages: list[str]) -> None:
 
     cfg = CurateConfig.model_validate({"sources": [{"type": "warc", "path": str(warc)}],
                                        "web": {"language": {"languages": languages}}})
-    for attempt in range(3):  # Ray gives its raylet 30 s to start: not always enough on a loaded machine
+    for attempt in range(6):  # Ray gives its raylet 30 s to start: not always enough on a loaded machine
         try:
             ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
             break
         except Exception:
-            if attempt == 2:
+            if attempt == 5:
                 raise
             ray.shutdown()
             time.sleep(5)
