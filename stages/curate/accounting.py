@@ -71,6 +71,18 @@ def _sample_record(doc: Document) -> dict:
     return {"id": doc.id, "chars": len(doc.text), "text": text, "metadata": meta}
 
 
+def ledger_record(doc: Document, step: str, reason: str) -> dict:
+    """The removal ledger's line for one document: where it came from, which step removed it, why,
+    and (where the rule reports them) the measured value and the threshold it failed."""
+    meta = doc.metadata
+    rec = {"id": doc.id, "url": meta.get("url") or meta.get("path"), "step": step, "reason": reason,
+           "value": meta.pop("filter_value", None), "threshold": meta.pop("filter_threshold", None),
+           "language": meta.get("language"), "bytes": utf8_len(doc.text)}
+    if "language_score" in meta:
+        rec["language_score"] = meta["language_score"]
+    return rec
+
+
 def merge_samples(records: Iterable[dict], k: int) -> dict[str, list[dict]]:
     """Merge per-task audit records into the global bottom-k per outcome."""
     by_outcome: dict[str, list[dict]] = {}
@@ -104,7 +116,7 @@ class Accounted(PipelineStep):
     """
 
     def __init__(self, step: PipelineStep, key: str, audit_folder: DataFolderLike | None = None,
-                 samples: int = 0, default_reason: str = "removed"):
+                 samples: int = 0, default_reason: str = "removed", ledger_folder: DataFolderLike | None = None):
         self.step = step
         super().__init__()
         self.key = key
@@ -113,6 +125,8 @@ class Accounted(PipelineStep):
         self.default_reason = default_reason
         self.samples = samples
         self.audit_folder = get_datafolder(audit_folder) if audit_folder is not None and samples else None
+        # one line per removed document (``ledger_record``), one file per task: <key>/<rank>.jsonl.gz
+        self.ledger_folder = get_datafolder(ledger_folder) if ledger_folder is not None else None
         if hasattr(step, "exclusion_writer"):
             step.exclusion_writer = _RemovalSink(self)
         self._reset()
@@ -123,6 +137,7 @@ class Accounted(PipelineStep):
     def _reset(self) -> None:
         self._n = Counter()
         self._audit = AuditSample(self.samples)
+        self._ledger: list[dict] = []
 
     def _removed(self, doc: Document) -> None:
         reason = doc.metadata.pop("filter_reason", None) or self.default_reason
@@ -132,6 +147,8 @@ class Accounted(PipelineStep):
         self._n[f"removed:{reason}"] += 1
         self._n[f"removed_bytes:{reason}"] += nbytes
         self._audit.offer(f"removed:{reason}", doc)
+        if self.ledger_folder is not None:
+            self._ledger.append(ledger_record(doc, self.key, reason))
 
     def _count_in(self, data: DocumentsPipeline) -> DocumentsPipeline:
         for doc in data or ():
@@ -153,6 +170,10 @@ class Accounted(PipelineStep):
         for name, value in self._n.items():
             if value:
                 self.stat_update(f"acct_{name}", value=value)
+        if self.ledger_folder is not None:
+            with self.ledger_folder.open(f"{self.key}/{rank:05d}.jsonl.gz", "wt", compression="gzip") as f:
+                for rec in self._ledger:
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         if self.audit_folder is not None:
             with self.audit_folder.open(f"{self.key}/{rank:05d}.jsonl", "wt") as f:
                 for rec in self._audit.records():

@@ -118,10 +118,30 @@ class ExtractConfig(StageConfig):
     timeout_s: float = Field(5.0, gt=0)
 
 
+class LanguageRulesConfig(StageConfig):
+    """One language's overrides of the built-in per-language rules (``stages/curate/languages.py``:
+    FineWeb-2's values; unset fields keep them)."""
+
+    stop_words: list[str] | None = None
+    min_stop_words: int | None = Field(None, ge=0)
+    min_avg_word_length: float | None = Field(None, ge=0)
+    max_avg_word_length: float | None = Field(None, gt=0)
+    max_non_alpha_words_ratio: float | None = Field(None, ge=0, le=1,
+                                                    description="minimum share of words with a letter")
+    line_punct_thr: float | None = Field(None, ge=0, le=1)
+    new_line_ratio: float | None = Field(None, ge=0)
+    dup_line_frac: float | None = Field(None, ge=0, le=1)
+    top_n_grams: list[tuple[int, float]] | None = None
+    dup_n_grams: list[tuple[int, float]] | None = None
+
+
 class LanguageConfig(StageConfig):
     # ISO 639-1 labels of fastText lid.176 ("en", "de", "fr", ...); FineWeb keeps en at >= 0.65
     languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
     threshold: float = Field(0.65, ge=0, le=1)
+    # per-language thresholds and stop words for the Gopher, C4 and FineWeb rules, applied with the
+    # language LID found: built-in FineWeb-2 defaults, overridden here per language ({fr: {line_punct_thr: 0.2}})
+    rules: dict[str, LanguageRulesConfig] = Field(default_factory=dict)
 
     @field_validator("languages")
     @classmethod
@@ -130,7 +150,15 @@ class LanguageConfig(StageConfig):
         if bad:
             raise ValueError(f"language codes must be lid.176 labels such as 'en' or 'de' "
                              f"(two or three lower-case letters), got {bad}")
+        from stages.curate.languages import tokenizer_problem
+
+        problems = [p for x in v if (p := tokenizer_problem(x))]
+        if problems:  # the Gopher, C4 and FineWeb rules would remove every such document
+            raise ValueError("; ".join(problems))
         return v
+
+    def rule_overrides(self) -> dict[str, dict]:
+        return {lang: r.model_dump(exclude_none=True) for lang, r in self.rules.items()}
 
 
 class GopherRepetitionConfig(StageConfig):
@@ -141,8 +169,7 @@ class GopherQualityConfig(StageConfig):
     enabled: bool = True
     min_doc_words: int = Field(50, ge=0)
     max_doc_words: int = Field(100_000, ge=1)
-    max_non_alpha_words_ratio: float = Field(0.8, ge=0, le=1)
-    min_stop_words: int = Field(2, ge=0)
+    # the alphabetic-words ratio, average word length and stop words are per language: web.language.rules
 
 
 class C4Config(StageConfig):
@@ -156,10 +183,9 @@ class C4Config(StageConfig):
 
 class FineWebQualityConfig(StageConfig):
     enabled: bool = True
-    line_punct_thr: float = Field(0.12, ge=0, le=1)
     short_line_thr: float = Field(0.67, ge=0, le=1)
     char_duplicates_ratio: float = Field(0.01, ge=0, le=1)
-    new_line_ratio: float = Field(0.3, ge=0)
+    # line_punct_thr and new_line_ratio are per language: web.language.rules
 
 
 class PiiConfig(StageConfig):
@@ -191,6 +217,9 @@ class QualityConfig(StageConfig):
 
     enabled: bool = True
     keep_fraction: float = Field(0.8, gt=0, le=1, description="keep this top fraction by score")
+    # the top fraction of each language (as LID found it): a classifier trained on an English reference
+    # ranks every other language last, and one global cut removed them first
+    per_language: bool = True
     reference: list[ReferenceSource] = Field(default_factory=lambda: [ReferenceSource()], min_length=1)
     # training examples are chunks of about this many characters cut at paragraph boundaries, so
     # positives and negatives share a length distribution and length is not what the model learns

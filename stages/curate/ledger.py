@@ -9,6 +9,7 @@ previous one wrote) and end to end against the published files themselves.
 from __future__ import annotations
 
 import gzip
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,3 +160,75 @@ def count_published(folder: Path) -> int:
         with gzip.open(f, "rt", encoding="utf-8") as fh:
             n += sum(1 for _ in fh)
     return n
+
+
+def publish_ledger(books: BranchBooks, ledger_dir: Path, out_file: Path) -> dict[str, dict[str, int]]:
+    """Merge the steps' per-task removal ledgers into ``out_file`` (one JSON line per removed document,
+    in funnel order), check it against the funnel (every removal once, with the funnel's reason) and
+    return the per-language funnel: {language: {"in": n, "<step>": removed, ..., "kept": n}}."""
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    problems, by_lang = [], {}
+    seen: set[tuple[str, str]] = set()
+    with gzip.open(out_file, "wt", encoding="utf-8") as out:
+        for row in books.rows:
+            counts = Counter()
+            for f in sorted((ledger_dir / row.step).glob("*.jsonl.gz")):
+                with gzip.open(f, "rt", encoding="utf-8") as fh:
+                    for line in fh:
+                        rec = json.loads(line)
+                        counts[rec["reason"]] += 1
+                        key = (rec["id"], rec["url"] or "")
+                        if key in seen:
+                            problems.append(f"{row.step}: {rec['id']} is in the ledger twice")
+                        seen.add(key)
+                        lang = rec.get("language") or "unknown"
+                        by_lang.setdefault(lang, Counter())[row.step] += 1
+                        out.write(line)
+            if dict(counts) != row.reasons:
+                problems.append(f"{row.step}: the ledger says {dict(counts)}, the funnel {row.reasons}")
+    if problems:
+        raise ConservationError(f"curate {books.branch}: removal ledger does not match the funnel:\n  - "
+                                + "\n  - ".join(problems[:20]))
+    for lang, n in published_languages(out_file.parent.parent / books.branch).items():
+        by_lang.setdefault(lang, Counter())["kept"] += n
+    funnel = {}
+    for lang, c in sorted(by_lang.items(), key=lambda kv: -sum(kv[1].values())):
+        funnel[lang] = {"in": sum(c.values()), **{r.step: c[r.step] for r in books.rows if c[r.step]},
+                        "kept": c["kept"]}
+    return funnel
+
+
+def published_languages(folder: Path) -> Counter:
+    n = Counter()
+    for f in sorted(folder.glob("*.jsonl.gz")):
+        with gzip.open(f, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                n[json.loads(line).get("metadata", {}).get("language") or "unknown"] += 1
+    return n
+
+
+def find_removal(out: Path, key: str) -> list[dict]:
+    """Ledger lines (any branch) whose id or URL/path is ``key``; a kept document gives
+    ``{"kept": branch}`` lines instead."""
+    hits = []
+    for f in sorted((out / "removed").glob("*.jsonl.gz")):
+        with gzip.open(f, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                if key in line:
+                    rec = json.loads(line)
+                    if key in (rec["id"], rec["url"]):
+                        hits.append({"branch": f.name.split(".")[0], **rec})
+    if hits:
+        return hits
+    for branch in ("web", "code"):
+        for f in sorted((out / branch).glob("*.jsonl.gz")):
+            with gzip.open(f, "rt", encoding="utf-8") as fh:
+                for line in fh:
+                    if key in line:
+                        rec = json.loads(line)
+                        meta = rec.get("metadata", {})
+                        if key in (rec.get("id"), meta.get("url"), meta.get("path")):
+                            hits.append({"branch": branch, "kept": True, "id": rec.get("id"),
+                                         "url": meta.get("url") or meta.get("path"),
+                                         "language": meta.get("language")})
+    return hits

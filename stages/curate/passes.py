@@ -63,6 +63,18 @@ class PassFailed(RuntimeError):
     pass
 
 
+# metadata the filters use that is not written out (``Extract``'s code lines: the prose rules' view)
+WORKING_METADATA = ("code_lines",)
+
+
+def without_working_metadata(writer, document: Document) -> dict:
+    """The writers' adapter: datatrove's default record without the filters' working metadata."""
+    data = writer._default_adapter(document)
+    for key in WORKING_METADATA:
+        data.get("metadata", {}).pop(key, None)
+    return data
+
+
 def document_text(doc: Document) -> str:
     """Exact dedup key: the text as written (a module-level function, so it pickles)."""
     return doc.text
@@ -132,6 +144,7 @@ class Branch:
     lid_model: str | None = None
     results: list[PassResult] = field(default_factory=list)
     threshold: float | None = None
+    language_thresholds: dict[str, float] = field(default_factory=dict)
     n_scored: int = 0
 
     @property
@@ -145,7 +158,8 @@ class Branch:
         # bookkeeping steps ("_write_stage1", "_publish") are counted but not sampled
         samples = 0 if key.startswith("_") else self.cfg.audit_samples
         return Accounted(step, key, audit_folder=self.folder("audit"), samples=samples,
-                         default_reason=default_reason)
+                         default_reason=default_reason,
+                         ledger_folder=None if key.startswith("_") else self.folder("ledger"))
 
     # -- execution ------------------------------------------------------------------------------
     def run_pass(self, name: str, pipeline: list[PipelineStep], tasks: int | None = None) -> PassResult:
@@ -175,7 +189,8 @@ class Branch:
 
     # -- pass builders ---------------------------------------------------------------------------
     def writer(self, folder: str, key: str) -> Accounted:
-        writer = JsonlWriter(folder, output_filename="${rank}.jsonl.gz", compression="gzip")
+        writer = JsonlWriter(folder, output_filename="${rank}.jsonl.gz", compression="gzip",
+                             adapter=without_working_metadata)
         return self.accounted(writer, key)
 
     def filter_steps(self) -> list[PipelineStep]:
@@ -202,25 +217,25 @@ class Branch:
         # Gopher quality before Gopher repetition (FineWeb runs them the other way round): both are
         # pure predicates on the same text, so the kept set is the same, and the cheap one first
         # spares the expensive n-gram counting a third of the documents
+        rules = w.language.rule_overrides()
         if w.gopher_quality.enabled:
             g = w.gopher_quality
             steps.append(self.accounted(GopherQuality(
-                min_doc_words=g.min_doc_words, max_doc_words=g.max_doc_words,
-                max_non_alpha_words_ratio=g.max_non_alpha_words_ratio, min_stop_words=g.min_stop_words),
+                min_doc_words=g.min_doc_words, max_doc_words=g.max_doc_words, language_rules=rules),
                 "gopher_quality"))
         if w.gopher_repetition.enabled:
-            steps.append(self.accounted(GopherRepetition(), "gopher_repetition"))
+            steps.append(self.accounted(GopherRepetition(language_rules=rules), "gopher_repetition"))
         if w.c4.enabled:
             c = w.c4
             steps.append(self.accounted(C4Quality(
                 filter_no_terminal_punct=c.filter_no_terminal_punct, filter_curly_bracket=c.filter_curly_bracket,
-                min_num_sentences=c.min_num_sentences, min_words_per_line=c.min_words_per_line), "c4"))
+                min_num_sentences=c.min_num_sentences, min_words_per_line=c.min_words_per_line,
+                language_rules=rules), "c4"))
         if w.fineweb_quality.enabled:
             f = w.fineweb_quality
             steps.append(self.accounted(FineWebQuality(
-                line_punct_thr=f.line_punct_thr, short_line_thr=f.short_line_thr,
-                char_duplicates_ratio=f.char_duplicates_ratio, new_line_ratio=f.new_line_ratio),
-                "fineweb_quality"))
+                short_line_thr=f.short_line_thr, char_duplicates_ratio=f.char_duplicates_ratio,
+                language_rules=rules), "fineweb_quality"))
         if w.pii.emails or w.pii.ips:
             steps.append(self.accounted(CountingPII(remove_emails=w.pii.emails, remove_ips=w.pii.ips), "pii"))
         return steps
@@ -318,15 +333,22 @@ class Branch:
         # 7: DCLM keeps the top fraction by classifier score, a threshold over all scores
         threshold = self.quality_threshold()
         self.run_pass("7_quality", [StagedReader(self.folder("stage3")),
-                                    self.accounted(QualityThreshold(threshold), "quality_classifier"),
+                                    self.accounted(QualityThreshold(threshold, self.language_thresholds),
+                                                   "quality_classifier"),
                                     self.writer(str(self.out), "_publish")])
 
     def quality_threshold(self) -> float:
         from stages.curate.quality import top_fraction_threshold
 
-        scores = []
+        pairs = []
         for f in sorted((self.work / "quality" / "scores").glob("*.json")):
-            scores += json.loads(f.read_text())
-        self.threshold = top_fraction_threshold(scores, self.cfg.web.quality.keep_fraction)
-        self.n_scored = len(scores)
+            pairs += json.loads(f.read_text())
+        fraction = self.cfg.web.quality.keep_fraction
+        self.threshold = top_fraction_threshold([s for s, _ in pairs], fraction)
+        self.n_scored = len(pairs)
+        if self.cfg.web.quality.per_language:
+            by_lang: dict[str, list[float]] = {}
+            for s, lang in pairs:
+                by_lang.setdefault(lang, []).append(s)
+            self.language_thresholds = {lang: top_fraction_threshold(v, fraction) for lang, v in by_lang.items()}
         return self.threshold

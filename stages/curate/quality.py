@@ -308,7 +308,7 @@ class QualityScorer(PipelineStep):
             with self.track_time():
                 s = self.model.score(doc.text)
             doc.metadata["quality_score"] = round(s, 6)
-            scores.append(round(s, 6))
+            scores.append([round(s, 6), doc.metadata.get("language") or ""])
             self.stat_update("scored")
             yield doc
         with self.scores_folder.open(f"{rank:05d}.json", "wt") as f:
@@ -318,13 +318,17 @@ class QualityScorer(PipelineStep):
 class QualityThreshold(BaseFilter):
     name = "⭐ Quality top fraction"
 
-    def __init__(self, threshold: float):
+    def __init__(self, threshold: float, per_language: dict[str, float] | None = None):
         super().__init__()
         self.threshold = threshold
+        self.per_language = per_language or {}
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        if doc.metadata.get("quality_score", 0.0) >= self.threshold:
+        threshold = self.per_language.get(doc.metadata.get("language") or "", self.threshold)
+        score = doc.metadata.get("quality_score", 0.0)
+        if score >= threshold:
             return True
+        doc.metadata["filter_value"], doc.metadata["filter_threshold"] = score, threshold
         return False, "quality_below_top_fraction"
 
 

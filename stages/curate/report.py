@@ -88,8 +88,40 @@ def funnel_figure(books: dict[str, BranchBooks]):
     return fig
 
 
+def language_funnel_table(by_language: dict[str, dict[str, dict]]) -> list[dict]:
+    """One row per branch and language LID found: documents in, removed at each step, kept."""
+    return [{"branch": b, "language": lang, **counts} for b, langs in by_language.items()
+            for lang, counts in langs.items()]
+
+
+def language_funnel_figure(by_language: dict[str, dict[str, dict]], top: int = 12):
+    """Per language (the most frequent ``top``): kept and removed-by-step shares, stacked bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(f"{b}:{lang}", c) for b, langs in by_language.items() for lang, c in list(langs.items())[:top]]
+    steps = [s for s in dict.fromkeys(k for _, c in rows for k in c) if s not in ("in", "kept")]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.8))
+    y = list(range(len(rows)))[::-1]
+    left = [0.0] * len(rows)
+    colors = plt.get_cmap("tab20").colors
+    for i, part in enumerate(["kept", *steps]):
+        widths = [c.get(part, 0) / max(1, c["in"]) for _, c in rows]
+        ax.barh(y, widths, left=left, color="#55A868" if part == "kept" else colors[i % len(colors)], label=part)
+        left = [a + w for a, w in zip(left, widths, strict=True)]
+    ax.set_yticks(y, [f"{name} ({c['in']})" for name, c in rows], fontsize=8)
+    ax.set_xlabel("share of the language's documents (kept, then removed by step)")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.set_title("curate funnel per language (language as LID found it)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def log_to_tracker(tracker, out: Path, stats: dict, books: dict[str, BranchBooks],
-                   samples: dict[str, dict], figure) -> None:
+                   samples: dict[str, dict], figure, language_figure=None) -> None:
     if not tracker.active:
         return
     tracker.log_metrics(funnel_metrics(books))
@@ -110,6 +142,17 @@ def log_to_tracker(tracker, out: Path, stats: dict, books: dict[str, BranchBooks
     tracker.log_metrics(flat)
     tracker.log_table(funnel_table(books), "curate/funnel_table.json")
     tracker.log_figure(figure, "curate/funnel.png")
+    by_language = stats.get("by_language") or {}
+    if by_language:
+        tracker.log_table(language_funnel_table(by_language), "curate/funnel_by_language.json")
+        for b, langs in by_language.items():
+            for lang, c in langs.items():
+                tracker.log_metrics({metric_name("data", b, "language", lang, "in"): c["in"],
+                                     metric_name("data", b, "language", lang, "kept"): c["kept"]})
+    if language_figure is not None:
+        tracker.log_figure(language_figure, "curate/funnel_by_language.png")
+    for f in sorted((out / "removed").glob("*.jsonl.gz")):
+        tracker.log_artifact(f, "curate/removed")
     tracker.log_artifact(out / "stats.json", "curate")
     for branch, by_step in samples.items():
         for step, outcomes in by_step.items():

@@ -14,7 +14,7 @@ from pipeline.stage import StageContext
 from stages.curate.config import CurateConfig, LocalSource, WarcSource
 
 # intermediate folders removed after a successful run (logs, stats and audit samples stay)
-_BULKY = ("stage1", "stage2", "stage3", "exact", "minhash", "raw_sample")
+_BULKY = ("stage1", "stage2", "stage3", "exact", "minhash", "raw_sample", "ledger")
 
 
 def say(msg: str) -> None:
@@ -32,14 +32,14 @@ def preflight(cfg: CurateConfig) -> str | None:
     lid = None
     if "web" in branches:
         lid = str(fasttext_env.lid176_path())
-        from datatrove.utils.word_tokenizers import load_word_tokenizer
+        from stages.curate.web_filters import word_tokenizer_problem
 
+        # the config checked the packages; this loads each tokenizer once (a broken install, a model
+        # that would have to be downloaded)
         for lang in cfg.web.language.languages:
-            try:
-                load_word_tokenizer(lang)
-            except Exception as e:
-                raise ValueError(f"web.language.languages: no word tokenizer for {lang!r} ({e}); the Gopher, "
-                                 "C4 and FineWeb filters need one") from None
+            if problem := word_tokenizer_problem(lang):
+                raise ValueError(f"web.language.languages: the word tokenizer for {lang!r} does not load here "
+                                 f"({problem}); the Gopher, C4 and FineWeb filters need one") from None
         # HTML comes from WARC responses and from HTML manuals in local documentation folders
         if any(isinstance(s, WarcSource) or (isinstance(s, LocalSource) and s.web and s.doc_roots)
                for s in cfg.sources):
@@ -67,9 +67,9 @@ def prepare_work_dir(cfg: CurateConfig, out: Path) -> Path:
     finished = (out / "stats.json").exists()
     if stamp.exists() and (finished or stamp.read_text() != current):
         say("clearing the previous run in this folder" + ("" if finished else " (its config differs)"))
-        for name in ("_work", "web", "code", "audit", "quality"):
+        for name in ("_work", "web", "code", "audit", "quality", "removed"):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("stats.json", "funnel.png"):
+        for name in ("stats.json", "funnel.png", "funnel_by_language.png"):
             (out / name).unlink(missing_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     stamp.write_text(current)
@@ -92,9 +92,9 @@ def _run(cfg: CurateConfig, ctx: StageContext) -> dict[str, float | int | str]:
     import ray
 
     from stages.curate.harvest import plan_inputs, shard_units
-    from stages.curate.ledger import build_books
+    from stages.curate.ledger import build_books, publish_ledger
     from stages.curate.passes import Branch
-    from stages.curate.report import collect_samples, funnel_figure, log_to_tracker
+    from stages.curate.report import collect_samples, funnel_figure, language_funnel_figure, log_to_tracker
 
     t0 = time.time()
     lid = preflight(cfg)
@@ -135,6 +135,12 @@ def _run(cfg: CurateConfig, ctx: StageContext) -> dict[str, float | int | str]:
         f"{b}: {bk.docs_in} in = {bk.files_docs} kept + {bk.removed} removed + "
         f"{sum(bk.unreadable.values())} unreadable" for b, bk in books.items()))
 
+    # the removal ledger beside the output, checked against the funnel, and the funnel per language
+    by_language = {b: publish_ledger(bk, work / b / "ledger", out / "removed" / f"{b}.jsonl.gz")
+                   for b, bk in books.items()}
+    say("removal ledger: " + ", ".join(f"{out / 'removed' / f'{b}.jsonl.gz'} ({bk.removed} lines)"
+                                       for b, bk in books.items()))
+
     samples = {b: collect_samples(work / b / "audit", cfg.audit_samples) for b in branches}
     audit_out = out / "audit"
     for b, by_step in samples.items():
@@ -146,7 +152,8 @@ def _run(cfg: CurateConfig, ctx: StageContext) -> dict[str, float | int | str]:
     if quality is not None:
         quality_stats = {"heldout": quality.report, "model": quality.model_path,
                          "keep_fraction": cfg.web.quality.keep_fraction,
-                         "threshold": branches["web"].threshold, "scored": branches["web"].n_scored}
+                         "threshold": branches["web"].threshold, "scored": branches["web"].n_scored,
+                         "language_thresholds": branches["web"].language_thresholds}
         if cfg.quality_eval_path:
             from stages.curate.quality import agreement, load_labelled
 
@@ -163,6 +170,7 @@ def _run(cfg: CurateConfig, ctx: StageContext) -> dict[str, float | int | str]:
         "inputs": {b: {"units": len(p.units), "bytes": p.bytes, "local_candidates_over_caps": p.not_selected}
                    for b, p in plans.items()},
         "dedup": dedup_summary(books),
+        "by_language": by_language,
         "quality": quality_stats,
         "passes": {b: {r.name: round(r.wall_s, 2) for r in br.results} for b, br in branches.items()},
         "wall_s": round(wall, 2),
@@ -170,7 +178,9 @@ def _run(cfg: CurateConfig, ctx: StageContext) -> dict[str, float | int | str]:
     (out / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
     fig = funnel_figure(books)
     fig.savefig(out / "funnel.png", dpi=110)
-    log_to_tracker(ctx.tracker, out, stats, books, samples, fig)
+    lang_fig = language_funnel_figure(by_language)
+    lang_fig.savefig(out / "funnel_by_language.png", dpi=110)
+    log_to_tracker(ctx.tracker, out, stats, books, samples, fig, lang_fig)
     for b in branches:
         for name in _BULKY:
             shutil.rmtree(work / b / name, ignore_errors=True)

@@ -70,6 +70,20 @@ def test_quality_threshold_filter():
     assert [d.id for d in kept] == ["hi"] and removed == {"lo": "quality_below_top_fraction"}
 
 
+def test_quality_threshold_per_language():
+    """Each language keeps its own top fraction: French scored low by an English-trained model is cut
+    against French, not against English."""
+    docs = [doc("a", id="en-hi", quality_score=0.9, language="en"), doc("b", id="en-lo", quality_score=0.4,
+                                                                        language="en"),
+            doc("c", id="fr-hi", quality_score=0.3, language="fr"), doc("d", id="fr-lo", quality_score=0.1,
+                                                                        language="fr")]
+    kept, removed = run_filter(Q.QualityThreshold(0.5, {"en": 0.9, "fr": 0.3}), docs)
+    assert sorted(d.id for d in kept) == ["en-hi", "fr-hi"]
+    assert removed == {"en-lo": "quality_below_top_fraction", "fr-lo": "quality_below_top_fraction"}
+    kept, _ = run_filter(Q.QualityThreshold(0.5), [doc("c", id="fr-hi", quality_score=0.3, language="fr")])
+    assert kept == []  # one global cut removes it
+
+
 def test_too_little_data_is_a_clear_error():
     with pytest.raises(ValueError, match="too little data"):
         Q.build_examples([UDHR["en"]], [UDHR["de"]], 1500, 100, 0)

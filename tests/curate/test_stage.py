@@ -6,6 +6,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -107,6 +110,38 @@ def test_stage_end_to_end(ray_local, mlflow_server, tmp_path):
                      "fineweb_quality", "pii", "exact_dedup", "minhash_dedup", "quality_classifier"]
     assert [r["step"] for r in stats["branches"]["code"]["funnel"]] == [
         "code_language", "stack_filters", "secrets", "exact_dedup", "minhash_dedup"]
+    # the removal ledger: every removed document once, with the funnel's step and reason
+    ledger = {}
+    for branch in ("web", "code"):
+        with gzip.open(out / "removed" / f"{branch}.jsonl.gz", "rt", encoding="utf-8") as f:
+            lines = [json.loads(line) for line in f]
+        b = stats["branches"][branch]
+        assert len(lines) == b["removed"] and len({(r["id"], r["url"]) for r in lines}) == len(lines)
+        assert Counter((r["step"], r["reason"]) for r in lines) == Counter(
+            {(row["step"], reason): n for row in b["funnel"] for reason, n in row["removed_by_reason"].items()})
+        ledger[branch] = lines
+    measured = [r for r in ledger["web"] if r["step"] == "gopher_quality"]
+    assert measured and all(r["threshold"] is not None and r["value"] is not None for r in measured)
+    # URL (WARC) or path (local files) where the source has one; JSONL records without a url have their id
+    assert all(r["id"] for r in ledger["web"]) and any(r["url"] for r in ledger["web"])
+    # the funnel per language adds up to the branch's documents
+    by_lang = stats["by_language"]["web"]
+    assert sum(c["in"] for c in by_lang.values()) == stats["branches"]["web"]["read"]
+    assert sum(c["kept"] for c in by_lang.values()) == stats["branches"]["web"]["kept"]
+
+    # `why`: a removed page's step, reason and measure; a kept page is reported kept
+    gone = measured[0]
+    why = subprocess.run([sys.executable, "-m", "stages.curate", "why", str(out), gone["url"]],
+                         capture_output=True, text=True, check=True).stdout
+    assert f"step 'gopher_quality', reason {gone['reason']!r}" in why and f"threshold {gone['threshold']}" in why
+    kept_id = read_branch(out, "web")[0]["id"]
+    why = subprocess.run([sys.executable, "-m", "stages.curate", "why", str(out), kept_id],
+                         capture_output=True, text=True, check=True).stdout
+    assert "kept in web" in why
+    nothing = subprocess.run([sys.executable, "-m", "stages.curate", "why", str(out), "no-such-doc"],
+                             capture_output=True, text=True)
+    assert nothing.returncode == 1 and "not among this run's documents" in nothing.stdout
+
     q = stats["quality"]
     assert q["heldout"]["auc"] > 0.8 and Path(q["model"]).exists()
     if SHARED_DATA.exists():
@@ -121,7 +156,9 @@ def test_stage_end_to_end(ray_local, mlflow_server, tmp_path):
     assert "quality/heldout/auc" in m
     artifacts = {a.path for a in client.list_artifacts(run_id, "curate")}
     assert {"curate/funnel.png", "curate/stats.json", "curate/funnel_table.json", "curate/samples",
-            "curate/quality"} <= artifacts
+            "curate/quality", "curate/funnel_by_language.png", "curate/funnel_by_language.json",
+            "curate/removed"} <= artifacts
+    assert m["data/web/language/en/kept"] == stats["by_language"]["web"]["en"]["kept"]
     samples = {a.path for a in client.list_artifacts(run_id, "curate/samples/web")}
     assert "curate/samples/web/gopher_quality.json" in samples
     local = json.loads((out / "audit" / "web" / "gopher_quality.json").read_text())
