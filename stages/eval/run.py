@@ -9,7 +9,8 @@
     4. the gate (stages.eval.gate) on the candidate's numbers and the champion's
     5. MLflow: candidate/* and champion/* metrics, the comparison table, gate.json, tags naming both
        versions; then, on a pass only, the champion alias moves to the candidate's version
-    6. a failed gate raises GateFailed (the pipeline stops before serve) unless allow_regression
+    6. a failed gate leaves the champion where it is (serve keeps it; on a first run the registered
+       base becomes champion); only with neither does GateFailed stop the pipeline before serve
 
 Outputs under ctx.out: metrics.json, gate.json, comparison.md, samples/<model>-<suite>.jsonl.
 """
@@ -286,15 +287,33 @@ def _run(cfg: EvalConfig, ctx: StageContext) -> dict[str, float | int | str]:
     ctx.tracker.log_metrics({f"unigram/{k}": v for k, v in inputs.unigram.items()})
     ctx.tracker.log_metrics({"gate/uninformative": len(decision.uninformative)})
     _log(decision.message())
-    if not decision.passed:
-        # one line a user reads first: what refused the candidate, and what serve will do
-        _log(f"REFUSED {candidate.label}: " + "; ".join(c.detail for c in decision.failures[:3])
-             + f". The {cfg.champion_alias!r} alias stays on "
-             + (f"{champion.label}: serve keeps the champion." if champion
-                else "nothing: there is no champion to serve."))
     if not decision.passed and not cfg.allow_regression:
-        raise GateFailed(_failure_message(cfg, ctx, decision, candidate, champion))
+        summary["refusal"] = _failure_message(cfg, ctx, decision, candidate, champion)
+        summary["serving"] = _after_refusal(cfg, decision, candidate, champion, base, name, tracking_uri,
+                                            summary["refusal"])
     return summary
+
+
+def _after_refusal(cfg: EvalConfig, decision: gate.Decision, candidate: registry.ModelRef,
+                   champion: registry.ModelRef | None, base: registry.ModelRef | None, name: str,
+                   tracking_uri: str | None, refusal: str) -> str:
+    """A refused candidate never reaches serve. Serve keeps the champion; on a first run (no champion)
+    the registered base that the candidate failed to beat becomes champion, so the pipeline still ends
+    with the best model it measured. With neither, GateFailed stops the pipeline before serve.
+    Returns the model serve will deploy; the console gets one line saying why and what."""
+    why = "; ".join(c.detail for c in decision.failures[:3])
+    alias = cfg.champion_alias
+    if champion is not None:
+        _log(f"REFUSED {candidate.label}: {why}. The {alias!r} alias stays on {champion.label}: "
+             "serve keeps the champion.")
+        return champion.label
+    if base is not None and base.registered and tracking_uri:
+        registry.set_alias(name, alias, base.version, tracking_uri)
+        _log(f"REFUSED {candidate.label}: {why}. There is no champion yet: the base {base.label}, which the "
+             f"candidate did not beat, becomes {alias!r} and serve deploys it.")
+        return base.label
+    _log(f"REFUSED {candidate.label}: {why}. There is no champion and no registered base to serve.")
+    raise GateFailed(refusal)
 
 
 def _failure_message(cfg: EvalConfig, ctx: StageContext, decision: gate.Decision, candidate: registry.ModelRef,

@@ -151,10 +151,11 @@ def test_worse_candidate_fails_and_the_alias_stays(registry, mlflow_server, mode
     client, name, exp = registry
     v1 = _register(client, exp, mlflow_server, name, models["uniform"], alias="champion")
     v2 = _register(client, exp, mlflow_server, name, models["spiky"])
-    err, run_id = _evaluate(client, exp, mlflow_server, name, tmp_path, tokenizer_out, distill_out)
-    assert isinstance(err, GateFailed)
-    assert f"{name} v{v2} did not pass the gate against {name} v{v1}" in str(err)
-    assert "lm/web/bpb" in str(err) and "--allow-regression" in str(err)
+    summary, run_id = _evaluate(client, exp, mlflow_server, name, tmp_path, tokenizer_out, distill_out)
+    # refused, and the stage returns: serve keeps the champion
+    assert summary["gate"] == "fail" and summary["serving"] == f"{name} v{v1}", summary
+    assert f"{name} v{v2} did not pass the gate against {name} v{v1}" in summary["refusal"]
+    assert "lm/web/bpb" in summary["refusal"] and "--allow-regression" in summary["refusal"]
     assert _alias(client, name) == v1
     run = client.get_run(run_id)
     assert run.data.tags["eval.gate"] == "fail" and run.data.tags["eval.promoted"] == "no (gate failed)"
@@ -297,8 +298,8 @@ def test_damaged_candidate_is_refused_against_the_base_and_the_champion_stays(
     v_bad = _register(client, exp, mlflow_server, name, damaged)
     rules = {"rules": [{"metric": "lm/web/bpb", "base_tolerance": 0.10, "below_unigram": True, "max_regression": 0.05},
                        {"metric": "lm/code/bpb", "below_unigram": True}]}
-    err, run_id = _evaluate(client, exp, mlflow_server, name, tmp_path, tokenizer_out, distill_out, gate=rules)
-    assert isinstance(err, GateFailed), err
+    summary, run_id = _evaluate(client, exp, mlflow_server, name, tmp_path, tokenizer_out, distill_out, gate=rules)
+    assert summary["gate"] == "fail" and summary["serving"] == f"{name} v{v_base}", summary
     assert _alias(client, name) == v_base and _alias(client, name, "candidate") == v_bad
     out = capsys.readouterr().out
     assert f"REFUSED {name} v{v_bad}" in out and "serve keeps the champion" in out
@@ -315,3 +316,18 @@ def test_damaged_candidate_is_refused_against_the_base_and_the_champion_stays(
     summary, _ = _evaluate(client, exp, mlflow_server, name, tmp_path, tokenizer_out, distill_out, gate=rules)
     assert summary["gate"] == "pass", summary
     assert _alias(client, name) == v_again
+
+
+def test_refused_first_candidate_leaves_the_registered_base_as_champion(
+        registry, mlflow_server, models, tmp_path, tokenizer_out, distill_out, capsys):
+    """No champion yet and the candidate is refused: the base it failed to beat becomes champion, so the
+    pipeline still serves the best model it measured (and never the refused one)."""
+    client, name, exp = registry
+    v_base = _register(client, exp, mlflow_server, name, models["uniform"], alias="base")
+    v_cand = _register(client, exp, mlflow_server, name, models["spiky"])
+    strict = {"rules": [{"metric": "lm/web/bpb", "floor": 1.0}]}
+    summary, _ = _evaluate(client, exp, mlflow_server, name, tmp_path, tokenizer_out, distill_out, gate=strict)
+    assert summary["gate"] == "fail" and summary["serving"] == f"{name} v{v_base}", summary
+    assert _alias(client, name) == v_base != v_cand
+    out = capsys.readouterr().out
+    assert f"REFUSED {name} v{v_cand}" in out and "becomes 'champion' and serve deploys it" in out
