@@ -184,8 +184,8 @@ class SourceReader(BaseReader):
             return "text_not_a_string"
         doc_id = record.pop(unit["id_key"], None) or default_id
         meta = record.pop("metadata", None)
-        meta = dict(meta) if isinstance(meta, dict) else {}
-        meta.update({k: v for k, v in record.items() if isinstance(v, (str, int, float, bool))})
+        meta = _int64_safe(dict(meta)) if isinstance(meta, dict) else {}
+        meta.update({k: _int64_safe(v) for k, v in record.items() if isinstance(v, (str, int, float, bool))})
         meta.update(source=unit["kind"], file=unit["uri"])
         meta.setdefault("format", "plain")
         doc_id = str(doc_id)
@@ -353,6 +353,20 @@ def _stream_error_reason(uri: str) -> str:
     if magic is not None and head != magic:
         return "not_gzip" if uri.lower().endswith(".gz") else "not_compressed"
     return "truncated_gzip"
+
+
+def _int64_safe(value):
+    """JSON integers past 64 bits (which the orjson-based writers refuse, stopping the stage) as strings,
+    inside nested metadata too."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -2**63 <= value < 2**64 else str(value)
+    if isinstance(value, dict):
+        return {k: _int64_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_int64_safe(v) for v in value]
+    return value
 
 
 def _valid_unicode(*strings: str) -> bool:
