@@ -24,9 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def child(out: Path, web_mb: float | None, code_mb: float | None) -> None:
-    import logging
-
     import ray
+    from curate_docs import start_ray  # this folder is the script's: on sys.path
 
     from pipeline.config import GlobalConfig
     from pipeline.stage import StageContext
@@ -39,15 +38,7 @@ def child(out: Path, web_mb: float | None, code_mb: float | None) -> None:
         source["max_web_bytes"] = int(web_mb * 1e6)
     if code_mb is not None:
         source["max_code_bytes"] = int(code_mb * 1e6)
-    for attempt in range(6):  # Ray gives its raylet 30 s to start: not always enough on a loaded machine
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-            break
-        except Exception:
-            if attempt == 5:
-                raise
-            ray.shutdown()
-            time.sleep(5)
+    start_ray()
     ctx = StageContext(stage="curate", out=out, inputs={}, tracker=Tracker.disabled(),
                        pipeline=GlobalConfig(name="bench"), fingerprint="bench")
     summary = run(CurateConfig.model_validate({"sources": [source]}), ctx)

@@ -96,7 +96,6 @@ def write_warc(pages: list[dict], path: Path) -> None:
 
 def run_stage(warc: Path, out: Path, languages: list[str]) -> None:
     """Runs in a child process whose PYTHONPATH selects the checkout."""
-    import logging
 
     import ray
 
@@ -108,15 +107,7 @@ def run_stage(warc: Path, out: Path, languages: list[str]) -> None:
 
     cfg = CurateConfig.model_validate({"sources": [{"type": "warc", "path": str(warc)}],
                                        "web": {"language": {"languages": languages}}})
-    for attempt in range(6):  # Ray gives its raylet 30 s to start: not always enough on a loaded machine
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-            break
-        except Exception:
-            if attempt == 5:
-                raise
-            ray.shutdown()
-            time.sleep(5)
+    start_ray()
     ctx = StageContext(stage="curate", out=out, inputs={}, tracker=Tracker.disabled(),
                        pipeline=GlobalConfig(name="bench"), fingerprint="bench")
     run(cfg, ctx)
@@ -199,6 +190,24 @@ def main() -> None:
         "technical_keeps_40pct": after["by_kind"]["technical"]["kept_fraction"] >= 0.4}
     print(json.dumps(result, indent=2, ensure_ascii=False))
 
+
+
+def start_ray() -> None:
+    """A local Ray for the stage, retried: Ray gives its raylet 30 s to start, not always enough on a
+    loaded machine."""
+    import logging
+
+    import ray
+
+    for attempt in range(6):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+            return
+        except Exception:
+            if attempt == 5:
+                raise
+            ray.shutdown()
+            time.sleep(5)
 
 if __name__ == "__main__":
     main()
