@@ -131,7 +131,7 @@ def test_stage_end_to_end(ray_local, mlflow_server, tmp_path):
 
     # `why`: a removed page's step, reason and measure; a kept page is reported kept
     gone = measured[0]
-    why = subprocess.run([sys.executable, "-m", "stages.curate", "why", str(out), gone["url"]],
+    why = subprocess.run([sys.executable, "-m", "stages.curate", "why", str(out), gone["url"] or gone["id"]],
                          capture_output=True, text=True, check=True).stdout
     assert f"step 'gopher_quality', reason {gone['reason']!r}" in why and f"threshold {gone['threshold']}" in why
     kept_id = read_branch(out, "web")[0]["id"]

@@ -4,6 +4,7 @@ Face folder that loads on its own, metrics and plots in MLflow, the model regist
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,4 +91,9 @@ def test_metrics_plots_and_registry_in_mlflow(stage):
     assert (out / "plots" / "loss_curve.png").stat().st_size > 10_000
     version = client.get_model_version_by_alias(NAME, "base")
     assert version.run_id == run_id
-    assert "config.json" in {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, "model")}
+    # the registered version is an MLflow 3 logged model produced by this run: the HF folder loads from it
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}@base", dst_path=str(out / "registered"),
+                                                tracking_uri=client.tracking_uri)
+    assert (Path(local) / "config.json").is_file()

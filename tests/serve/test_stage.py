@@ -92,7 +92,7 @@ def registry(mlflow_server, chat_model_dir):
     exp_id = exp.experiment_id if exp else client.create_experiment(NAME)
     for alias in ("candidate", "champion"):
         run = client.create_run(exp_id, run_name=f"register {alias}")
-        Tracker(run.info.run_id, mlflow_server).register_model(chat_model_dir, NAME, alias, artifact_path="hf")
+        Tracker(run.info.run_id, mlflow_server).register_model(chat_model_dir, NAME, alias)
         client.set_terminated(run.info.run_id)
     return client, exp_id
 
