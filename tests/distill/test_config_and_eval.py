@@ -30,9 +30,10 @@ def test_tiny_default_is_arithmetic_with_a_fine_tuning_recipe():
     assert cfg.teacher.kind == "procedural" and set(cfg.problems.kinds()) == {"arithmetic"}
     s = cfg.train.schedule
     assert s.kind == "cosine" and s.min_lr_ratio == 0.1 and 0.03 <= s.warmup_steps / cfg.train.steps <= 0.1
-    # below pretraining's learning rate, no MTP loss, pretraining text replayed, one sample per prompt
-    # from the deterministic procedural teacher, greedy evaluation with an out-of-distribution probe
-    assert cfg.train.optimizer.lr < 3e-3 and cfg.train.mtp_weight.initial == cfg.train.mtp_weight.final == 0
+    # lr 3e-3 only with replay (measured: 0.059 greedy pass@1 vs 0.027 at 1e-3, web bits/byte kept), no MTP
+    # loss, one sample per prompt from the deterministic procedural teacher, greedy evaluation with an
+    # out-of-distribution probe
+    assert cfg.train.optimizer.lr == 3e-3 and cfg.train.mtp_weight.initial == cfg.train.mtp_weight.final == 0
     assert cfg.replay.enabled and 0 < cfg.replay.ratio < 1 and cfg.rejection.samples_per_prompt == 1
     assert cfg.evaluation.greedy and cfg.probe.task == "arithmetic_3digit"
 

@@ -92,8 +92,8 @@ def test_metrics_plots_and_registry_in_mlflow(stage):
     version = client.get_model_version_by_alias(NAME, "base")
     assert version.run_id == run_id
     # the registered version is an MLflow 3 logged model produced by this run: the HF folder loads from it
-    import mlflow
+    from stages.eval import registry
 
-    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}@base", dst_path=str(out / "registered"),
-                                                tracking_uri=client.tracking_uri)
+    ref = registry.resolve(f"models:/{NAME}@base", client.tracking_uri)
+    local = registry.fetch(ref, out / "registered", client.tracking_uri)
     assert (Path(local) / "config.json").is_file()
