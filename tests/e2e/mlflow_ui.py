@@ -9,9 +9,7 @@ artifacts exist) and then asserts that the *UI* shows them:
 - every stage run's page names the parent run and lists its metrics;
 - one stage run's "Model metrics" tab draws a chart of a metric logged over several steps;
 - the stage runs' artifact tabs list their top-level artifacts;
-- the Models page lists the registered models, and each model's page shows its aliases;
-- lineage: the runs table's Dataset column names what the stage runs consumed (their logged
-  dataset inputs) and its Models column the logged models they produced, when they logged any.
+- the Models page lists the registered models, and each model's page shows its aliases.
 
 It saves screenshots of the runs table, the metric charts, an artifact listing and the
 models page. Only MLflow 3.x's routes (``/#/experiments/<id>/runs...``, ``/#/models...``)
@@ -109,7 +107,6 @@ def check_mlflow_ui(tracking_uri: str, experiment_name: str, stage_names: Iterab
     with HeadlessChromium(log_path=shots_dir / "chromium.log") as browser:
         browser.open(f"{base}/#/experiments/{exp_id}/runs")
         _runs_table_nests(browser, parent, stage_runs, len(children), timeout)
-        _lineage_columns(browser, client, stage_runs, timeout)
         shots["experiment_runs"] = str(_screenshot(browser, shots_dir / "experiment-runs.png"))
 
         for name, run in stage_runs.items():
@@ -233,25 +230,6 @@ def _runs_table_nests(browser: HeadlessChromium, parent, stage_runs: dict, n_chi
         raise MlflowUiError(f"after expanding, the stage runs are not among the {n_children} rows right "
                             f"below the parent (row {parent_row}): {rows}")
     browser.evaluate(_TIDY_JS)
-
-
-def _lineage_columns(browser: HeadlessChromium, client, stage_runs: dict, timeout: float) -> None:
-    """The expanded runs table shows the stage runs' dataset inputs (Dataset column) and the logged
-    models they produced (Models column), looked up over REST first."""
-    datasets = sorted({d.dataset.name for r in stage_runs.values() for d in (r.inputs.dataset_inputs or [])})
-    models = []
-    for run in stage_runs.values():
-        found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                            filter_string=f"source_run_id = '{run.info.run_id}'")
-        models += [m.name for m in found]
-    if not datasets and not models:
-        raise MlflowUiError("no stage run logged a dataset input or a logged model: the runs table's "
-                            "Dataset and Models columns would be empty")
-    _wait_or_fail(browser, ["Dataset", *datasets[:4]], timeout,
-                  f"the runs table's Dataset column shows the stage runs' inputs {datasets}")
-    if models:
-        _wait_or_fail(browser, ["Models", *sorted(set(models))[:4]], timeout,
-                      f"the runs table's Models column shows the logged models {sorted(set(models))}")
 
 
 def _run_overview(browser, base: str, exp_id: str, name: str, run, parent, timeout: float) -> None:
